@@ -1,0 +1,59 @@
+# Everything goes through .venv, which is (re)built whenever pyproject.toml or constraints.txt
+# is newer than it. buf comes from the npm registry into .tools/.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+PROTO := proto/discovery/v1/discovery.proto
+
+.PHONY: run test lint proto proto-check bench bench-smoke freeze clean
+
+run: $(STAMP)
+	$(BIN)/service-discovery
+
+test: $(STAMP) lint proto-check
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) $(BUF)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: $(STAMP)
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO)
+
+# Regenerates into a scratch folder and fails when the committed code differs.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
+		--python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO) && \
+	for f in $$(cd $$tmp && find . -type f); do \
+		cmp -s $$tmp/$$f $$f || { echo "stale generated code: $$f (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "generated code is fresh"
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench.run --smoke
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --silent --no-save --no-package-lock --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+# Rewrites constraints.txt from what the venv holds (after changing a pin in pyproject.toml).
+freeze: $(STAMP)
+	(echo "# Every package the venv holds, pinned; 'make freeze' rewrites it."; \
+	 $(BIN)/pip freeze --exclude-editable | grep -v '^-e') > constraints.txt
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+"""`python -m discovery` starts the server."""
+
+from discovery.main import main
+
+main()

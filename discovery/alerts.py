@@ -1,0 +1,94 @@
+"""Critical load: the state machine with hysteresis, and the book of active alerts with its sinks.
+
+The registry asks `CriticalLoadPolicy` whether an instance is at critical load whenever its load or
+health changes, and publishes the flag with the change. `AlertBook` listens to those changes and
+turns each raise and each clear into exactly one log line, one entry in (or removal from) the list
+of active alerts, and one call of every sink (the webhook, for one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from discovery.model import Alert, Change, EventType
+
+if TYPE_CHECKING:
+    from discovery.config import Settings
+
+log = logging.getLogger("discovery.alerts")
+
+AlertEvent = Literal["alert.raised", "alert.cleared"]
+AlertSink = Callable[[AlertEvent, Alert, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CriticalLoadPolicy:
+    """At critical load from `threshold` up; back to normal below `threshold - hysteresis`."""
+
+    threshold: float
+    hysteresis: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CriticalLoadPolicy:
+        return cls(settings.critical_load_threshold, settings.critical_load_hysteresis)
+
+    def is_critical(self, critical_now: bool, load: float, healthy: bool) -> bool:
+        """The flag after a change, given the flag before. Only a healthy instance is critical."""
+        if not healthy:
+            return False
+        if critical_now:
+            return load >= self.threshold - self.hysteresis
+        return load >= self.threshold
+
+
+class AlertBook:
+    """The active critical-load alerts, kept current from registry changes."""
+
+    def __init__(self, threshold: float, now: Callable[[], float]) -> None:
+        self._threshold = threshold
+        self._now = now
+        self._active: dict[tuple[str, str], Alert] = {}
+        self._sinks: list[AlertSink] = []
+
+    def add_sink(self, sink: AlertSink) -> None:
+        """Call `sink(event, alert, at)` for every raise and clear."""
+        self._sinks.append(sink)
+
+    def alerts(self) -> list[Alert]:
+        """Active alerts, oldest first."""
+        return list(self._active.values())
+
+    def __call__(self, change: Change) -> None:
+        instance = change.instance
+        key = (instance.service_name, instance.instance_id)
+        critical = change.type is EventType.PUT and instance.critical_load
+        if critical and key not in self._active:
+            since = instance.critical_since if instance.critical_since is not None else self._now()
+            alert = Alert(*key, instance.load_percentage, self._threshold, since)
+            self._active[key] = alert
+            log.warning(
+                "Critical load: %s:%s at %.2f (threshold %.2f)",
+                *key,
+                instance.load_percentage,
+                self._threshold,
+            )
+            self._emit("alert.raised", alert)
+        elif critical:
+            alert = self._active[key]
+            self._active[key] = Alert(*key, instance.load_percentage, self._threshold, alert.since)
+        elif key in self._active:
+            alert = self._active.pop(key)
+            alert = Alert(*key, instance.load_percentage, self._threshold, alert.since)
+            log.info("Critical load cleared: %s:%s at %.2f", *key, instance.load_percentage)
+            self._emit("alert.cleared", alert)
+
+    def _emit(self, event: AlertEvent, alert: Alert) -> None:
+        at = self._now()
+        for sink in self._sinks:
+            try:
+                sink(event, alert, at)
+            except Exception:  # a broken sink must not stop the others or the registry
+                log.exception("Alert sink %r failed", sink)

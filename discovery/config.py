@@ -1,0 +1,208 @@
+"""Settings: one frozen, typed object built from the environment (and CLI flags) at the edge.
+
+Every field has an environment variable named in `ENV_VARS` and a CLI flag derived from the field
+name (`rest_port` -> `--rest-port`). A bad value raises `ConfigError` naming the variable; the
+entry point turns that into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; `variable` names it."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the process can be told. Durations are seconds and accept fractions."""
+
+    host: str = "0.0.0.0"
+    rest_port: int = 3004
+    grpc_port: int = 50051
+    log_level: str = "INFO"
+    secret: str | None = None
+
+    health_check_interval: float = 30.0
+    health_check_timeout: float = 5.0
+    health_check_failure_threshold: int = 2
+    health_check_success_threshold: int = 1
+    health_check_max_concurrency: int = 100
+    health_check_max_probes_per_second: float = 1000.0
+
+    critical_load_threshold: float = 0.8
+    critical_load_hysteresis: float = 0.05
+    alert_webhook_url: str | None = None
+
+    registration_ttl: float = 300.0
+    heartbeat_interval: float = 60.0
+
+    max_instances: int = 100_000
+    max_instances_per_service: int = 10_000
+
+    watch_history_size: int = 10_000
+    watch_max_backlog: int = 1_000
+    watch_progress_interval: float = 5.0
+
+    shutdown_grace: float = 3.0
+
+    @property
+    def heartbeat_grace(self) -> float:
+        """How long a heartbeat-only instance stays healthy without a heartbeat."""
+        return 2 * self.heartbeat_interval
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from environment variables; `overrides` (CLI flags) win over them."""
+        values: dict[str, Any] = {}
+        for field_name, (variable, parse) in _SPEC.items():
+            raw = env.get(variable)
+            if raw is not None and raw.strip() != "":
+                values[field_name] = _parse(variable, parse, raw.strip())
+        for field_name, value in overrides.items():
+            if value is not None:
+                variable = _SPEC[field_name][0]
+                values[field_name] = _parse(variable, _SPEC[field_name][1], str(value))
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise `ConfigError` for values that parse but do not make sense together."""
+        for field_name, (variable, _) in _SPEC.items():
+            rule = _RULES.get(field_name)
+            if rule is not None:
+                message = rule(getattr(self, field_name))
+                if message:
+                    raise ConfigError(variable, message)
+        if self.critical_load_hysteresis > self.critical_load_threshold:
+            raise ConfigError(
+                "CRITICAL_LOAD_HYSTERESIS", "must not be larger than CRITICAL_LOAD_THRESHOLD"
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied and checked."""
+        settings = dataclasses.replace(self, **changes)
+        settings.check()
+        return settings
+
+
+def _parse(variable: str, parse: Callable[[str], Any], raw: str) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(variable, f"invalid value {raw!r} ({exc})") from None
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _integer(raw: str) -> int:
+    return int(raw, 10)
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in logging.getLevelNamesMapping() or level == "NOTSET":
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw or None
+
+
+def _webhook_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return raw
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number in 0..65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _progress(value: float) -> str | None:
+    return None if 0 < value <= 10 else "must be greater than 0 and at most 10"
+
+
+_SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "host": ("SERVICE_DISCOVERY_HOST", str),
+    "rest_port": ("SERVICE_DISCOVERY_PORT", _integer),
+    "grpc_port": ("SERVICE_DISCOVERY_GRPC_PORT", _integer),
+    "log_level": ("LOG_LEVEL", _log_level),
+    "secret": ("SERVICE_DISCOVERY_SECRET", _optional_text),
+    "health_check_interval": ("HEALTH_CHECK_INTERVAL_SECONDS", _seconds),
+    "health_check_timeout": ("HEALTH_CHECK_TIMEOUT_SECONDS", _seconds),
+    "health_check_failure_threshold": ("HEALTH_CHECK_FAILURE_THRESHOLD", _integer),
+    "health_check_success_threshold": ("HEALTH_CHECK_SUCCESS_THRESHOLD", _integer),
+    "health_check_max_concurrency": ("HEALTH_CHECK_MAX_CONCURRENCY", _integer),
+    "health_check_max_probes_per_second": ("HEALTH_CHECK_MAX_PROBES_PER_SECOND", _seconds),
+    "critical_load_threshold": ("CRITICAL_LOAD_THRESHOLD", _seconds),
+    "critical_load_hysteresis": ("CRITICAL_LOAD_HYSTERESIS", _seconds),
+    "alert_webhook_url": ("ALERT_WEBHOOK_URL", _webhook_url),
+    "registration_ttl": ("SERVICE_REGISTRATION_TTL_SECONDS", _seconds),
+    "heartbeat_interval": ("SERVICE_HEARTBEAT_INTERVAL_SECONDS", _seconds),
+    "max_instances": ("MAX_INSTANCES", _integer),
+    "max_instances_per_service": ("MAX_INSTANCES_PER_SERVICE", _integer),
+    "watch_history_size": ("WATCH_HISTORY_SIZE", _integer),
+    "watch_max_backlog": ("WATCH_MAX_BACKLOG", _integer),
+    "watch_progress_interval": ("WATCH_PROGRESS_INTERVAL_SECONDS", _seconds),
+    "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _seconds),
+}
+
+_RULES: dict[str, Callable[[Any], str | None]] = {
+    "rest_port": _port,
+    "grpc_port": _port,
+    "health_check_interval": _positive,
+    "health_check_timeout": _positive,
+    "health_check_failure_threshold": _at_least_one,
+    "health_check_success_threshold": _at_least_one,
+    "health_check_max_concurrency": _at_least_one,
+    "health_check_max_probes_per_second": _positive,
+    "critical_load_threshold": _fraction,
+    "critical_load_hysteresis": _fraction,
+    "registration_ttl": _positive,
+    "heartbeat_interval": _positive,
+    "max_instances": _at_least_one,
+    "max_instances_per_service": _at_least_one,
+    "watch_history_size": _at_least_one,
+    "watch_max_backlog": _at_least_one,
+    "watch_progress_interval": _progress,
+    "shutdown_grace": _non_negative,
+}
+
+#: Field name -> environment variable, for the README and the CLI help.
+ENV_VARS: dict[str, str] = {name: variable for name, (variable, _) in _SPEC.items()}

@@ -1,0 +1,232 @@
+"""The discovery.v1 gRPC adapter: the servicer, the auth interceptor and the server builder.
+
+Translation only: requests become calls on `DiscoveryCore`, core errors become status codes
+(one mapping, `STATUS_FOR`), and instances become protobuf messages (`discovery.grpc_codec`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from discovery import validation
+from discovery.core import DiscoveryCore
+from discovery.errors import (
+    AuthError,
+    DiscoveryError,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    ShuttingDown,
+)
+from discovery.grpc_codec import alert_to_pb, duration, instance_to_pb
+from discovery.grpc_health import HEALTH_SERVICE_NAME, HealthService
+from discovery.model import DEFAULT_HEALTH_ENDPOINT
+from discovery.v1 import discovery_pb2 as pb
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["DiscoveryService"].full_name
+WRITE_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{method}" for method in ("Register", "Heartbeat", "Unregister", "KeepAlive")
+)
+STREAMING_WRITES = frozenset({f"/{SERVICE_NAME}/KeepAlive"})
+
+STATUS_FOR: list[tuple[type[DiscoveryError], grpc.StatusCode]] = [
+    (AuthError, grpc.StatusCode.UNAUTHENTICATED),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(exc: DiscoveryError) -> grpc.StatusCode:
+    """The gRPC status code of a core error."""
+    for kind, code in STATUS_FOR:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, Context], Awaitable[Response]]
+
+
+def _translated(method: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Turn core errors raised by a unary handler into the matching status."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Request, context: Context) -> Response:
+        try:
+            return await method(self, request, context)
+        except DiscoveryError as exc:
+            await context.abort(status_for(exc), exc.message)
+            raise  # abort() raises; this line only satisfies the type checker
+
+    return handler
+
+
+class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
+    """discovery.v1.DiscoveryService over a `DiscoveryCore`."""
+
+    def __init__(self, core: DiscoveryCore) -> None:
+        self.core = core
+
+    @_translated
+    async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
+        endpoint = (
+            request.health_endpoint
+            if request.HasField("health_endpoint")
+            else DEFAULT_HEALTH_ENDPOINT
+        )
+        registration = validation.registration(
+            request.service_name,
+            request.instance_id,
+            request.host,
+            request.port,
+            endpoint or None,
+            request.metadata,
+        )
+        outcome = self.core.register(registration)
+        settings = self.core.settings
+        return pb.RegisterResponse(
+            instance=instance_to_pb(outcome.instance),
+            heartbeat_interval=duration(settings.heartbeat_interval),
+            ttl=duration(settings.registration_ttl),
+        )
+
+    @_translated
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: Context
+    ) -> pb.HeartbeatResponse:
+        load = (
+            validation.check_load(request.load_percentage)
+            if request.HasField("load_percentage")
+            else None
+        )
+        instance = self.core.heartbeat(request.service_name, request.instance_id, load)
+        return pb.HeartbeatResponse(instance=instance_to_pb(instance))
+
+    @_translated
+    async def Unregister(
+        self, request: pb.UnregisterRequest, context: Context
+    ) -> pb.UnregisterResponse:
+        self.core.unregister(request.service_name, request.instance_id)
+        return pb.UnregisterResponse()
+
+    @_translated
+    async def ListServices(
+        self, request: pb.ListServicesRequest, context: Context
+    ) -> pb.ListServicesResponse:
+        registry = self.core.registry
+        return pb.ListServicesResponse(
+            services=[
+                pb.Service(name=name, instances=[instance_to_pb(i) for i in instances])
+                for name, instances in registry.services().items()
+            ],
+            revision=registry.revision,
+        )
+
+    @_translated
+    async def GetService(
+        self, request: pb.GetServiceRequest, context: Context
+    ) -> pb.GetServiceResponse:
+        registry = self.core.registry
+        instances = registry.instances(request.service_name)
+        if request.healthy_only:
+            instances = [i for i in instances if i.healthy]
+        return pb.GetServiceResponse(
+            service_name=request.service_name,
+            instances=[instance_to_pb(i) for i in instances],
+            revision=registry.revision,
+        )
+
+    @_translated
+    async def ListAlerts(
+        self, request: pb.ListAlertsRequest, context: Context
+    ) -> pb.ListAlertsResponse:
+        return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
+
+    async def KeepAlive(
+        self, request_iterator: AsyncIterator[pb.KeepAliveRequest], context: Context
+    ) -> AsyncIterator[pb.KeepAliveResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KeepAlive is not available yet")
+        yield pb.KeepAliveResponse()  # pragma: no cover
+
+    async def Watch(
+        self, request: pb.WatchRequest, context: Context
+    ) -> AsyncIterator[pb.WatchResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not available yet")
+        yield pb.WatchResponse()  # pragma: no cover
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses writes without `authorization: Bearer <secret>` metadata (UNAUTHENTICATED)."""
+
+    def __init__(self, core: DiscoveryCore) -> None:
+        self._auth = core.auth
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method
+        if method in WRITE_METHODS:
+            authorization = None
+            for key, value in handler_call_details.invocation_metadata or ():
+                if key == "authorization":
+                    authorization = value if isinstance(value, str) else value.decode("latin-1")
+                    break
+            try:
+                self._auth.check(authorization)
+            except AuthError as exc:
+                return _refusal(exc.message, streaming=method in STREAMING_WRITES)
+        return await continuation(handler_call_details)
+
+
+def _refusal(message: str, streaming: bool) -> grpc.RpcMethodHandler[Any, Any]:
+    async def refuse(request: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover  # makes this an async generator
+
+    if streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def build_server(
+    core: DiscoveryCore, servicer: pb_grpc.DiscoveryServiceServicer | None = None
+) -> tuple[grpc.aio.Server, HealthService]:
+    """A grpc.aio server (not started, no port) with the discovery, health and reflection services.
+
+    Call inside the running event loop.
+    """
+    interceptors = [] if core.auth.open else [AuthInterceptor(core)]
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ],
+    )
+    pb_grpc.add_DiscoveryServiceServicer_to_server(servicer or DiscoveryServicer(core), server)
+    health = HealthService([SERVICE_NAME])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return server, health

@@ -1,0 +1,70 @@
+"""Conversions between the core's plain data and the discovery.v1 protobuf messages."""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from discovery.model import Alert, EventType, HealthStatus, Instance
+from discovery.v1 import discovery_pb2 as pb
+
+STATUS_TO_PB = {
+    HealthStatus.UNKNOWN: pb.HEALTH_STATUS_UNKNOWN,
+    HealthStatus.HEALTHY: pb.HEALTH_STATUS_HEALTHY,
+    HealthStatus.UNHEALTHY: pb.HEALTH_STATUS_UNHEALTHY,
+}
+EVENT_TO_PB = {EventType.PUT: pb.EVENT_TYPE_PUT, EventType.DELETE: pb.EVENT_TYPE_DELETE}
+
+
+def _split(seconds: float) -> tuple[int, int]:
+    # Rounded to microseconds exactly as datetime.fromtimestamp does, so a time reads the same
+    # over gRPC as in the REST record's ISO string.
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return int(whole), micros * 1000
+
+
+def timestamp(seconds: float) -> Timestamp:
+    whole, nanos = _split(seconds)
+    return Timestamp(seconds=whole, nanos=nanos)
+
+
+def duration(seconds: float) -> Duration:
+    whole, nanos = _split(seconds)
+    return Duration(seconds=whole, nanos=nanos)
+
+
+def instance_to_pb(instance: Instance) -> pb.Instance:
+    message = pb.Instance(
+        service_name=instance.service_name,
+        instance_id=instance.instance_id,
+        host=instance.host,
+        port=instance.port,
+        health_endpoint=instance.health_endpoint or "",
+        status=STATUS_TO_PB[instance.status],
+        load_percentage=instance.load_percentage,
+        critical_load=instance.critical_load,
+        metadata=instance.metadata,
+        registered_at=timestamp(instance.registered_at),
+    )
+    if instance.last_heartbeat is not None:
+        message.last_heartbeat.CopyFrom(timestamp(instance.last_heartbeat))
+    if instance.last_health_check is not None:
+        message.last_health_check.CopyFrom(timestamp(instance.last_health_check))
+    return message
+
+
+def alert_to_pb(alert: Alert) -> pb.Alert:
+    return pb.Alert(
+        service_name=alert.service_name,
+        instance_id=alert.instance_id,
+        load_percentage=alert.load_percentage,
+        threshold=alert.threshold,
+        since=timestamp(alert.since),
+    )

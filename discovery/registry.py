@@ -1,0 +1,354 @@
+"""The in-memory store: instances, the revision counter, change history, TTL and liveness.
+
+Every change a watcher can see goes through `_publish`, which raises the revision by one, records
+the change in the history and hands it to the listeners (watch hub, alerts, monitor). The registry
+is used from one event loop only and never awaits, so each operation is atomic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from discovery.alerts import CriticalLoadPolicy
+from discovery.clock import Clock
+from discovery.config import Settings
+from discovery.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
+from discovery.model import Change, EventType, HealthStatus, Instance, Registration
+
+log = logging.getLogger("discovery.registry")
+
+#: Load drifts smaller than this since the last published load raise no revision.
+LOAD_PUBLISH_STEP = 0.05
+
+Key = tuple[str, str]
+Listener = Callable[[Change], None]
+
+
+class ProbeTargets(Protocol):
+    """What the registry tells the health monitor: which instances to probe, and when."""
+
+    def probe_soon(self, instance: Instance) -> None:
+        """Probe `instance` now (new, moved, or back after a broken stream)."""
+
+    def drop(self, key: Key) -> None:
+        """Stop probing the instance `key` (gone, or heartbeat-only now)."""
+
+
+class _NoProbes:
+    def probe_soon(self, instance: Instance) -> None:
+        pass
+
+    def drop(self, key: Key) -> None:
+        pass
+
+
+class Registry:
+    """Registered instances by service, in registration order."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._policy = CriticalLoadPolicy.from_settings(settings)
+        self._services: dict[str, dict[str, Instance]] = {}
+        self._count = 0
+        # A counter started from the clock never goes back across restarts.
+        self._revision = int(clock.time() * 1_000_000)
+        self._history: deque[Change] = deque(maxlen=settings.watch_history_size)
+        # What watchers were last told of each instance's status and load.
+        self._published: dict[Key, tuple[HealthStatus, float]] = {}
+        # Last registration or heartbeat, oldest first (monotonic time never goes back).
+        self._seen: OrderedDict[Key, float] = OrderedDict()
+        # Healthy heartbeat-only instances, oldest heartbeat first.
+        self._beating: OrderedDict[Key, float] = OrderedDict()
+        # Instances downed by a broken KeepAlive stream, waiting for a sign of life.
+        self._severed: set[Key] = set()
+        self._versions: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+        self.probes: ProbeTargets = _NoProbes()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last change."""
+        return self._revision
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, service_name: str, instance_id: str) -> Instance | None:
+        instances = self._services.get(service_name)
+        return None if instances is None else instances.get(instance_id)
+
+    def require(self, service_name: str, instance_id: str) -> Instance:
+        instance = self.get(service_name, instance_id)
+        if instance is None:
+            raise InstanceNotFound(service_name, instance_id)
+        return instance
+
+    def services(self) -> dict[str, list[Instance]]:
+        """Every service with its instances, both in registration order."""
+        return {name: list(instances.values()) for name, instances in self._services.items()}
+
+    def instances(self, service_name: str) -> list[Instance]:
+        """The instances of one service; `ServiceNotFound` when it has none."""
+        instances = self._services.get(service_name)
+        if not instances:
+            raise ServiceNotFound(service_name)
+        return list(instances.values())
+
+    def healthy(self, service_name: str) -> list[Instance]:
+        """The healthy instances of one service (empty when the service is unknown)."""
+        instances = self._services.get(service_name)
+        if not instances:
+            return []
+        return [i for i in instances.values() if i.status is HealthStatus.HEALTHY]
+
+    def all_instances(self) -> Iterator[Instance]:
+        for instances in self._services.values():
+            yield from instances.values()
+
+    def service_version(self, service_name: str) -> int:
+        """Changes whenever anything about the service changes, timestamps included."""
+        return self._versions.get(service_name, 0)
+
+    def changes_since(self, revision: int) -> list[Change] | None:
+        """The changes after `revision`, or None when the history cannot tell them all."""
+        # The history is contiguous: one change per revision, oldest first.
+        floor = self._history[0].revision - 1 if self._history else self._revision
+        if revision < floor or revision > self._revision:
+            return None
+        if not self._history:
+            return []
+        start = revision - self._history[0].revision + 1
+        return list(itertools.islice(self._history, start, None))
+
+    # -- listening --------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every change; returns the function that stops it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def register(self, registration: Registration) -> tuple[Instance, bool]:
+        """Add or update an instance; returns it and whether it is new."""
+        existing = self.get(registration.service_name, registration.instance_id)
+        if existing is not None:
+            return self._reregister(existing, registration), False
+        self._check_limits(registration.service_name)
+        instance = Instance(
+            service_name=registration.service_name,
+            instance_id=registration.instance_id,
+            host=registration.host,
+            port=registration.port,
+            health_endpoint=registration.health_endpoint,
+            metadata=registration.metadata or {},
+            registered_at=self._clock.time(),
+        )
+        self._services.setdefault(instance.service_name, {})[instance.instance_id] = instance
+        self._count += 1
+        self._mark_seen(instance)
+        self._revive(instance)
+        self._publish(instance, healthy_before=False)
+        if not instance.heartbeat_only:
+            self.probes.probe_soon(instance)
+        return instance, True
+
+    def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
+        """Record a heartbeat (and a pushed load); `InstanceNotFound` when unknown."""
+        instance = self.require(service_name, instance_id)
+        healthy_before = instance.healthy
+        instance.last_heartbeat = self._clock.time()
+        self._mark_seen(instance)
+        if load is not None:
+            instance.load_percentage = load
+        self._revive(instance)
+        self._settle(instance, healthy_before)
+        return instance
+
+    def unregister(self, service_name: str, instance_id: str) -> Instance:
+        """Remove an instance; `InstanceNotFound` when unknown."""
+        instance = self.require(service_name, instance_id)
+        self._remove(instance)
+        return instance
+
+    def record_health(
+        self, instance: Instance, status: HealthStatus | None, load: float | None
+    ) -> None:
+        """Apply a probe outcome: the check time, and a new status and load where given.
+
+        An instance downed by a broken stream stays down until a heartbeat or registration
+        shows its process is back; only the probe after that can make it healthy again.
+        """
+        healthy_before = instance.healthy
+        instance.last_health_check = self._clock.time()
+        if load is not None:
+            instance.load_percentage = load
+        if status is not None and not (
+            status is HealthStatus.HEALTHY and instance.key in self._severed
+        ):
+            instance.status = status
+        self._settle(instance, healthy_before)
+
+    def sever(self, keys: list[Key]) -> None:
+        """A stream that kept these instances alive broke: they turn unhealthy at once."""
+        for key in keys:
+            instance = self.get(*key)
+            if instance is None:
+                continue
+            self._severed.add(key)
+            self._beating.pop(key, None)
+            healthy_before = instance.healthy
+            instance.status = HealthStatus.UNHEALTHY
+            self._settle(instance, healthy_before)
+
+    def sweep(self) -> float:
+        """Expire stale registrations and stale heartbeat-only instances.
+
+        Returns the monotonic time of the next deadline (or now + TTL when there is none).
+        """
+        now = self._clock.monotonic()
+        ttl = self._settings.registration_ttl
+        while self._seen:
+            key, seen = next(iter(self._seen.items()))
+            if seen + ttl > now:
+                break
+            log.info("Registration of %s:%s expired (no heartbeat for %ss)", *key, ttl)
+            self._remove(self.require(*key))
+        grace = self._settings.heartbeat_grace
+        while self._beating:
+            key, seen = next(iter(self._beating.items()))
+            if seen + grace > now:
+                break
+            del self._beating[key]
+            instance = self.require(*key)
+            instance.status = HealthStatus.UNHEALTHY
+            self._settle(instance, healthy_before=True)
+        return self._next_deadline(now)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _next_deadline(self, now: float) -> float:
+        deadlines = [now + self._settings.registration_ttl]
+        if self._seen:
+            deadlines.append(next(iter(self._seen.values())) + self._settings.registration_ttl)
+        if self._beating:
+            deadlines.append(next(iter(self._beating.values())) + self._settings.heartbeat_grace)
+        return min(deadlines)
+
+    def _check_limits(self, service_name: str) -> None:
+        if self._count >= self._settings.max_instances:
+            raise LimitExceeded(
+                f"Instance limit reached: at most {self._settings.max_instances} instances"
+            )
+        if len(self._services.get(service_name, ())) >= self._settings.max_instances_per_service:
+            raise LimitExceeded(
+                f"Instance limit reached: at most {self._settings.max_instances_per_service} "
+                f"instances per service"
+            )
+
+    def _reregister(self, instance: Instance, registration: Registration) -> Instance:
+        healthy_before = instance.healthy
+        metadata = registration.metadata or {}
+        moved = instance.address != (registration.host, registration.port)
+        retarget = moved or instance.health_endpoint != registration.health_endpoint
+        changed = retarget or instance.metadata != metadata
+        instance.host, instance.port = registration.host, registration.port
+        instance.health_endpoint = registration.health_endpoint
+        instance.metadata = metadata
+        self._mark_seen(instance)
+        if moved:
+            instance.load_percentage = 0.0
+        if retarget:
+            self._severed.discard(instance.key)
+            instance.status = HealthStatus.UNKNOWN
+            if instance.heartbeat_only:
+                self.probes.drop(instance.key)
+            else:
+                self._beating.pop(instance.key, None)
+        self._revive(instance)
+        if retarget and not instance.heartbeat_only:
+            self.probes.probe_soon(instance)
+        self._settle(instance, healthy_before, force=changed)
+        return instance
+
+    def _revive(self, instance: Instance) -> None:
+        """A registration or heartbeat: bring back what a stale or broken liveness took."""
+        if instance.heartbeat_only:
+            self._severed.discard(instance.key)
+            instance.status = HealthStatus.HEALTHY
+            self._set_beating(instance)
+        elif instance.key in self._severed:
+            self._severed.discard(instance.key)
+            self.probes.probe_soon(instance)
+
+    def _mark_seen(self, instance: Instance) -> None:
+        key = instance.key
+        self._seen[key] = self._clock.monotonic()
+        self._seen.move_to_end(key)
+        self._touch(instance.service_name)
+
+    def _set_beating(self, instance: Instance) -> None:
+        key = instance.key
+        self._beating[key] = self._seen[key]
+        self._beating.move_to_end(key)
+
+    def _touch(self, service_name: str) -> None:
+        self._versions[service_name] = self._versions.get(service_name, 0) + 1
+
+    def _settle(self, instance: Instance, healthy_before: bool, force: bool = False) -> None:
+        """Re-evaluate critical load and publish when a watcher could see the difference."""
+        self._touch(instance.service_name)
+        was_critical = instance.critical_load
+        critical = self._policy.is_critical(
+            was_critical, instance.load_percentage, instance.healthy
+        )
+        if critical != was_critical:
+            instance.critical_load = critical
+            instance.critical_since = self._clock.time() if critical else None
+        status, load = self._published[instance.key]
+        if (
+            force
+            or critical != was_critical
+            or instance.status is not status
+            or abs(instance.load_percentage - load) >= LOAD_PUBLISH_STEP
+        ):
+            self._publish(instance, healthy_before)
+
+    def _remove(self, instance: Instance) -> None:
+        key = instance.key
+        instances = self._services[instance.service_name]
+        del instances[instance.instance_id]
+        if not instances:
+            del self._services[instance.service_name]
+        self._count -= 1
+        self._seen.pop(key, None)
+        self._beating.pop(key, None)
+        self._severed.discard(key)
+        self.probes.drop(key)
+        self._touch(instance.service_name)
+        healthy_before = instance.healthy
+        instance.critical_load = False
+        instance.critical_since = None
+        self._publish(instance, healthy_before, EventType.DELETE)
+        del self._published[key]
+
+    def _publish(
+        self, instance: Instance, healthy_before: bool, kind: EventType = EventType.PUT
+    ) -> None:
+        self._revision += 1
+        instance.revision = self._revision
+        self._published[instance.key] = (instance.status, instance.load_percentage)
+        change = Change(kind, instance.snapshot(), self._revision, healthy_before)
+        self._history.append(change)
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # a faulty listener must not break the registry or its callers
+                log.exception("Registry listener %r failed", listener)

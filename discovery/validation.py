@@ -1,0 +1,131 @@
+"""The validation rules both protocols share. Each check raises `InvalidArgument` naming its field.
+
+The REST schemas call the same checks from their validators, so a value is accepted or refused
+the same way whichever protocol carried it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+
+from discovery.errors import InvalidArgument
+from discovery.model import Registration
+
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY = 128
+MAX_METADATA_VALUE = 1024
+MAX_HOST = 253
+MAX_HEALTH_ENDPOINT = 1024
+
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NUMERIC_LABEL = re.compile(r"[0-9]+")
+_NO_GO_IN_PATH = re.compile(r"[\x00-\x20\x7f\s]")
+
+
+def check_service_name(value: str, field: str = "service_name") -> str:
+    if not _SERVICE_NAME.fullmatch(value):
+        raise InvalidArgument(
+            field,
+            "must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+        )
+    return value
+
+
+def check_instance_id(value: str, field: str = "instance_id") -> str:
+    if not _INSTANCE_ID.fullmatch(value):
+        raise InvalidArgument(
+            field,
+            "must be 1 to 256 characters of A-Z a-z 0-9 . _ - :, starting with a letter or digit",
+        )
+    return value
+
+
+def check_host(value: str) -> str:
+    """A DNS name (RFC 1123), an IPv4 address or an IPv6 address without brackets."""
+    if not value or len(value) > MAX_HOST:
+        raise InvalidArgument("host", f"must be 1 to {MAX_HOST} characters")
+    if ":" in value:
+        try:
+            address = ipaddress.IPv6Address(value)
+        except ValueError:
+            raise InvalidArgument("host", "is not a valid IPv6 address") from None
+        if address.scope_id:
+            raise InvalidArgument("host", "must not carry an IPv6 zone")
+        return value
+    labels = value.split(".")
+    if all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise InvalidArgument("host", "is not a valid IPv4 address") from None
+        return value
+    if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise InvalidArgument("host", "is not a valid DNS name, IPv4 or IPv6 address")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        raise InvalidArgument("host", "is not a valid DNS name (numeric top-level label)")
+    return value
+
+
+def check_port(value: int) -> int:
+    if isinstance(value, bool) or not 1 <= value <= 65535:
+        raise InvalidArgument("port", "must be an integer in 1..65535")
+    return value
+
+
+def check_health_endpoint(value: str) -> str:
+    if not value.startswith("/") or value.startswith("//"):
+        raise InvalidArgument("health_endpoint", "must start with a single '/'")
+    if len(value) > MAX_HEALTH_ENDPOINT:
+        raise InvalidArgument(
+            "health_endpoint", f"must be at most {MAX_HEALTH_ENDPOINT} characters"
+        )
+    if _NO_GO_IN_PATH.search(value):
+        raise InvalidArgument(
+            "health_endpoint", "must not contain whitespace or control characters"
+        )
+    return value
+
+
+def check_metadata(value: Mapping[str, str]) -> dict[str, str]:
+    if len(value) > MAX_METADATA_ENTRIES:
+        raise InvalidArgument("metadata", f"must have at most {MAX_METADATA_ENTRIES} entries")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise InvalidArgument("metadata", "keys and values must be strings")
+        if not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise InvalidArgument("metadata", f"keys must be 1 to {MAX_METADATA_KEY} characters")
+        if len(item) > MAX_METADATA_VALUE:
+            raise InvalidArgument(
+                "metadata", f"values must be at most {MAX_METADATA_VALUE} characters"
+            )
+    return dict(value)
+
+
+def check_load(value: float, field: str = "load_percentage") -> float:
+    if isinstance(value, bool) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidArgument(field, "must be a finite number in 0..1")
+    return float(value)
+
+
+def registration(
+    service_name: str,
+    instance_id: str,
+    host: str,
+    port: int,
+    health_endpoint: str | None,
+    metadata: Mapping[str, str],
+) -> Registration:
+    """Check every field of a registration and build it."""
+    return Registration(
+        service_name=check_service_name(service_name),
+        instance_id=check_instance_id(instance_id),
+        host=check_host(host),
+        port=check_port(port),
+        health_endpoint=None if health_endpoint is None else check_health_endpoint(health_endpoint),
+        metadata=check_metadata(metadata),
+    )

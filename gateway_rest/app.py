@@ -1,0 +1,42 @@
+"""`create_app(core)`: the FastAPI facade over a `DiscoveryCore`; nothing is built at import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from discovery.core import DiscoveryCore
+from gateway_rest import errors
+from gateway_rest.guard import WriteGuard
+from gateway_rest.routers import health_router, router
+
+
+def create_app(core: DiscoveryCore) -> FastAPI:
+    """The REST application serving `core`: `/v1/discovery/...`, `/health`, `/docs`."""
+    app = FastAPI(
+        title="Service Discovery",
+        version="1.0.0",
+        description="Service registration, discovery and health monitoring (legacy REST API).",
+    )
+    app.state.core = core
+    app.include_router(router)
+    app.include_router(health_router)
+    errors.install(app)
+    app.add_middleware(WriteGuard, auth=core.auth)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the bearer scheme the write routes name."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "SERVICE_DISCOVERY_SECRET; needed for writes when it is set.",
+        }
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,46 @@
+"""The one mapping from the core's error tree to HTTP statuses and bodies."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from discovery.errors import (
+    AuthError,
+    DiscoveryError,
+    InstanceNotFound,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    ShuttingDown,
+)
+
+
+def error_response(exc: DiscoveryError) -> JSONResponse:
+    """The HTTP answer for a core error."""
+    if isinstance(exc, AuthError):
+        return JSONResponse(
+            {"detail": exc.message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    if isinstance(exc, InvalidArgument):
+        detail = [{"type": "value_error", "loc": ["body", exc.field], "msg": exc.reason}]
+        return JSONResponse({"detail": detail}, status_code=422)
+    if isinstance(exc, InstanceNotFound):
+        # The legacy API names every unknown instance this way.
+        return JSONResponse({"detail": "Service not found"}, status_code=404)
+    if isinstance(exc, NotFound):
+        return JSONResponse({"detail": exc.message}, status_code=404)
+    if isinstance(exc, LimitExceeded):
+        return JSONResponse({"detail": exc.message}, status_code=429)
+    if isinstance(exc, ShuttingDown):
+        return JSONResponse({"detail": exc.message}, status_code=503)
+    return JSONResponse({"detail": exc.message}, status_code=400)
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DiscoveryError)
+    return error_response(exc)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DiscoveryError, _handle)

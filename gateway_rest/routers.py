@@ -1,0 +1,137 @@
+"""The `/v1/discovery` endpoints and `/health`: translation between HTTP and the core only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from discovery.core import DiscoveryCore
+from discovery.errors import InstanceNotFound
+from gateway_rest.schemas import (
+    AlertRecord,
+    AlertsResponse,
+    Detail,
+    HealthyResponse,
+    HeartbeatRequest,
+    InstanceRecord,
+    Outcome,
+    OwnHealth,
+    RegisterRequest,
+    RegisterResponse,
+    ServiceResponse,
+    ServicesResponse,
+    seconds,
+)
+
+# Writes need the secret; the guard checks it before the body is read (see gateway_rest.guard).
+# This only documents that in the OpenAPI schema.
+_WRITE: dict[str, Any] = {"security": [{"bearer": []}]}
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Detail, "description": "Missing or invalid credentials"},
+    413: {"model": Detail, "description": "Body over 64 KiB"},
+}
+
+
+def get_core(request: Request) -> DiscoveryCore:
+    core: DiscoveryCore = request.app.state.core
+    return core
+
+
+Core = Annotated[DiscoveryCore, Depends(get_core)]
+
+router = APIRouter(prefix="/v1/discovery", tags=["discovery"])
+health_router = APIRouter(tags=["health"])
+
+
+@router.post(
+    "/register",
+    openapi_extra=_WRITE,
+    responses={**_UNAUTHORIZED, 429: {"model": Detail, "description": "Instance limit reached"}},
+)
+async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
+    """Register an instance, or update it when it is registered already."""
+    outcome = core.register(body.to_registration())
+    instance = outcome.instance
+    return RegisterResponse(
+        success=True,
+        message=f"Service {instance.service_name}:{instance.instance_id} registered successfully",
+        instance=InstanceRecord.of(instance),
+        heartbeat_interval_seconds=seconds(core.settings.heartbeat_interval),
+        ttl_seconds=seconds(core.settings.registration_ttl),
+    )
+
+
+@router.post(
+    "/heartbeat",
+    response_model=Outcome,
+    openapi_extra=_WRITE,
+    responses={**_UNAUTHORIZED, 404: {"model": Outcome, "description": "Unknown instance"}},
+)
+async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONResponse:
+    """Keep an instance's registration alive, optionally reporting its load."""
+    try:
+        core.heartbeat(body.service_name, body.instance_id, body.load_percentage)
+    except InstanceNotFound:
+        return JSONResponse(  # the legacy 404 shape: not {"detail": ...}
+            status_code=404, content={"success": False, "message": "Service not found"}
+        )
+    return Outcome(success=True, message="Heartbeat updated successfully")
+
+
+@router.delete(
+    "/unregister/{service_name}/{instance_id}",
+    openapi_extra=_WRITE,
+    responses={**_UNAUTHORIZED, 404: {"model": Detail, "description": "Unknown instance"}},
+)
+async def unregister(service_name: str, instance_id: str, core: Core) -> Outcome:
+    """Remove an instance."""
+    core.unregister(service_name, instance_id)
+    return Outcome(success=True, message="Service unregistered successfully")
+
+
+@router.get("/services")
+async def list_services(core: Core) -> ServicesResponse:
+    """Every service with all of its instances, in registration order."""
+    return ServicesResponse(
+        services={
+            name: [InstanceRecord.of(i) for i in instances]
+            for name, instances in core.registry.services().items()
+        }
+    )
+
+
+@router.get("/services/{service_name}", responses={404: {"model": Detail}})
+async def get_service(service_name: str, core: Core) -> ServiceResponse:
+    """All instances of one service, whatever their health."""
+    instances = core.registry.instances(service_name)
+    return ServiceResponse(
+        service_name=service_name, instances=[InstanceRecord.of(i) for i in instances]
+    )
+
+
+@router.get("/services/{service_name}/healthy")
+async def healthy_instances(service_name: str, core: Core) -> HealthyResponse:
+    """The instances of one service whose status is healthy (empty when the service is unknown)."""
+    return HealthyResponse(
+        service_name=service_name,
+        healthy_instances=[InstanceRecord.of(i) for i in core.registry.healthy(service_name)],
+    )
+
+
+@router.get("/alerts")
+async def list_alerts(core: Core) -> AlertsResponse:
+    """The instances currently at critical load."""
+    return AlertsResponse(alerts=[AlertRecord.of(alert) for alert in core.alerts()])
+
+
+@health_router.get("/health", response_model=OwnHealth, responses={503: {"model": OwnHealth}})
+async def own_health(core: Core) -> OwnHealth | JSONResponse:
+    """The server's own health and load (share of CPU time used over the last few seconds)."""
+    if core.shutting_down:
+        return JSONResponse(
+            status_code=503,
+            content=OwnHealth(status="shutting_down", load_percentage=core.own_load()).model_dump(),
+        )
+    return OwnHealth(status="healthy", load_percentage=core.own_load())
