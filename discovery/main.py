@@ -56,6 +56,16 @@ class DiscoveryServer:
         self._rest: _Uvicorn | None = None
         self._rest_task: asyncio.Task[None] | None = None
 
+    @property
+    def rest_url(self) -> str:
+        """Base URL of the REST facade, for clients on this machine."""
+        return f"http://{_join(_local(self.settings.host), self.rest_port)}"
+
+    @property
+    def grpc_target(self) -> str:
+        """gRPC target of the API, for clients on this machine."""
+        return _join(_local(self.settings.host), self.grpc_port)
+
     async def start(self) -> None:
         """Bind both ports, start serving and the background work, log the bound addresses."""
         settings = self.settings
@@ -111,6 +121,11 @@ class DiscoveryServer:
 
 def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _local(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def _bind(host: str, port: int) -> socket.socket:

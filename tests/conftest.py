@@ -1,0 +1,64 @@
+"""Shared fixtures: an in-process server on free ports with REST and gRPC clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from discovery.main import DiscoveryServer
+from discovery.testing import run_server
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
+
+SECRET = "test-secret"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+GRPC_AUTH = (("authorization", f"Bearer {SECRET}"),)
+
+ServerFactory = Callable[..., AbstractAsyncContextManager[DiscoveryServer]]
+
+
+@pytest.fixture
+def make_server() -> ServerFactory:
+    """`async with make_server(**settings) as server`: a server with the test secret by default."""
+
+    def factory(**changes: Any) -> AbstractAsyncContextManager[DiscoveryServer]:
+        changes.setdefault("secret", SECRET)
+        return run_server(**changes)
+
+    return factory
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> AsyncIterator[DiscoveryServer]:
+    async with make_server() as running:
+        yield running
+
+
+@pytest.fixture
+async def rest(server: DiscoveryServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.rest_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def stub(server: DiscoveryServer) -> AsyncIterator[pb_grpc.DiscoveryServiceStub]:
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        yield pb_grpc.DiscoveryServiceStub(channel)
+
+
+def registration(service: str = "game", instance: str = "game-1", **fields: Any) -> dict[str, Any]:
+    """A REST register body with sensible defaults."""
+    body: dict[str, Any] = {
+        "service_name": service,
+        "instance_id": instance,
+        "host": "127.0.0.1",
+        "port": 8080,
+        "health_endpoint": None,
+        "metadata": {"version": "1.0.0"},
+    }
+    body.update(fields)
+    return body
