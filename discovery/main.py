@@ -29,6 +29,10 @@ from discovery.grpc_health import HealthService
 from gateway_rest.app import create_app
 
 log = logging.getLogger("discovery")
+# The bound addresses are announced whatever LOG_LEVEL says: with port 0, that line is the only
+# way to learn them.
+announce = logging.getLogger("discovery.listening")
+announce.setLevel(logging.INFO)
 
 # The secret is read from the environment only: a flag would show it in `ps`.
 _NO_FLAG = frozenset({"secret"})
@@ -91,8 +95,8 @@ class DiscoveryServer:
                 await self._rest_task
                 raise RuntimeError("the REST server stopped during start-up")
             await asyncio.sleep(0.005)
-        log.info("REST listening on %s", _join(settings.host, self.rest_port))
-        log.info("gRPC listening on %s", _join(settings.host, self.grpc_port))
+        announce.info("REST listening on %s", _join(settings.host, self.rest_port))
+        announce.info("gRPC listening on %s", _join(settings.host, self.grpc_port))
         if self.core.auth.open:
             log.warning(
                 "SERVICE_DISCOVERY_SECRET is not set: register, heartbeat and unregister "
@@ -137,9 +141,11 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(
+            exc.errno, f"cannot bind REST to {_join(host, port)}: {exc.strerror}"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
