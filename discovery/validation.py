@@ -20,8 +20,13 @@ MAX_METADATA_VALUE = 1024
 MAX_HOST = 253
 MAX_HEALTH_ENDPOINT = 1024
 
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,255}")
+#: The rules as regular expressions, also published in the OpenAPI document.
+SERVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+INSTANCE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$"
+HEALTH_ENDPOINT_PATTERN = r"^/([^/\x00-\x20\x7f\s][^\x00-\x20\x7f\s]*)?$"
+
+_SERVICE_NAME = re.compile(SERVICE_NAME_PATTERN)
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _NUMERIC_LABEL = re.compile(r"[0-9]+")
 _NO_GO_IN_PATH = re.compile(r"[\x00-\x20\x7f\s]")

@@ -28,7 +28,8 @@ from gateway_rest.schemas import (
 # Writes need the secret; the guard checks it before the body is read (see gateway_rest.guard).
 # This only documents that in the OpenAPI schema.
 _WRITE: dict[str, Any] = {"security": [{"bearer": []}]}
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Detail, "description": "Body that cannot be decoded"},
     401: {"model": Detail, "description": "Missing or invalid credentials"},
     413: {"model": Detail, "description": "Body over 64 KiB"},
 }
@@ -48,7 +49,7 @@ health_router = APIRouter(tags=["health"])
 @router.post(
     "/register",
     openapi_extra=_WRITE,
-    responses={**_UNAUTHORIZED, 429: {"model": Detail, "description": "Instance limit reached"}},
+    responses={**_WRITE_ERRORS, 429: {"model": Detail, "description": "Instance limit reached"}},
 )
 async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
     """Register an instance, or update it when it is registered already."""
@@ -67,7 +68,7 @@ async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
     "/heartbeat",
     response_model=Outcome,
     openapi_extra=_WRITE,
-    responses={**_UNAUTHORIZED, 404: {"model": Outcome, "description": "Unknown instance"}},
+    responses={**_WRITE_ERRORS, 404: {"model": Outcome, "description": "Unknown instance"}},
 )
 async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONResponse:
     """Keep an instance's registration alive, optionally reporting its load."""
@@ -83,7 +84,7 @@ async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONRespons
 @router.delete(
     "/unregister/{service_name}/{instance_id}",
     openapi_extra=_WRITE,
-    responses={**_UNAUTHORIZED, 404: {"model": Detail, "description": "Unknown instance"}},
+    responses={**_WRITE_ERRORS, 404: {"model": Detail, "description": "Unknown instance"}},
 )
 async def unregister(service_name: str, instance_id: str, core: Core) -> Outcome:
     """Remove an instance."""

@@ -36,15 +36,45 @@ def _reject_bool(value: Any) -> Any:
 class RegisterRequest(BaseModel):
     """An instance to register (or to update, when it is registered already)."""
 
-    service_name: str = Field(examples=["game"])
-    instance_id: str = Field(examples=["game-1"])
-    host: str = Field(examples=["10.0.0.5"])
-    port: int = Field(examples=[8080])
+    # The checks themselves are the core's (validators below); `json_schema_extra` only
+    # publishes them in the OpenAPI document.
+    service_name: str = Field(
+        examples=["game"],
+        json_schema_extra={"pattern": validation.SERVICE_NAME_PATTERN, "maxLength": 128},
+    )
+    instance_id: str = Field(
+        examples=["game-1"],
+        json_schema_extra={"pattern": validation.INSTANCE_ID_PATTERN, "maxLength": 256},
+    )
+    host: str = Field(
+        examples=["10.0.0.5"],
+        description="A DNS name (RFC 1123), an IPv4 address or an IPv6 address (no brackets).",
+        json_schema_extra={
+            "anyOf": [{"format": "hostname"}, {"format": "ipv4"}, {"format": "ipv6"}],
+            "minLength": 1,
+            "maxLength": validation.MAX_HOST,
+        },
+    )
+    port: int = Field(examples=[8080], json_schema_extra={"minimum": 1, "maximum": 65535})
     health_endpoint: str | None = Field(
         DEFAULT_HEALTH_ENDPOINT,
         description="Path probed with GET; null for a heartbeat-only instance.",
+        json_schema_extra={
+            "pattern": validation.HEALTH_ENDPOINT_PATTERN,
+            "maxLength": validation.MAX_HEALTH_ENDPOINT,
+        },
     )
-    metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    metadata: dict[StrictStr, StrictStr] = Field(
+        default_factory=dict,
+        json_schema_extra={
+            "maxProperties": validation.MAX_METADATA_ENTRIES,
+            "propertyNames": {"minLength": 1, "maxLength": validation.MAX_METADATA_KEY},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": validation.MAX_METADATA_VALUE,
+            },
+        },
+    )
 
     @field_validator("service_name")
     @classmethod
@@ -95,9 +125,21 @@ class RegisterRequest(BaseModel):
 class HeartbeatRequest(BaseModel):
     """A heartbeat, optionally with the load the instance reports."""
 
-    service_name: str
-    instance_id: str
-    load_percentage: float | None = Field(None, description="Pushed load in 0..1.")
+    service_name: str = Field(json_schema_extra={"pattern": validation.SERVICE_NAME_PATTERN})
+    instance_id: str = Field(json_schema_extra={"pattern": validation.INSTANCE_ID_PATTERN})
+    load_percentage: float | None = Field(
+        None, description="Pushed load in 0..1.", json_schema_extra={"minimum": 0, "maximum": 1}
+    )
+
+    @field_validator("service_name")
+    @classmethod
+    def _service_name(cls, value: str) -> str:
+        return _checked(validation.check_service_name, value)
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str) -> str:
+        return _checked(validation.check_instance_id, value)
 
     @field_validator("load_percentage", mode="before")
     @classmethod
