@@ -36,11 +36,13 @@ proto-check: $(STAMP)
 		cmp -s $$tmp/$$f $$f || { echo "stale generated code: $$f (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is fresh"
 
+BENCHES := bench.register_rate
+
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	for b in $(BENCHES); do $(BIN)/python -m $$b || exit 1; done
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m bench.run --smoke
+	for b in $(BENCHES); do $(BIN)/python -m $$b --smoke || exit 1; done
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -1,0 +1,1 @@
+"""Bare servers with no registry logic: the framework's own ceiling for each figure."""
