@@ -35,7 +35,8 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_core(request: Request) -> DiscoveryCore:
+async def get_core(request: Request) -> DiscoveryCore:
+    # async: a plain `def` dependency would be run in a worker thread on every request.
     core: DiscoveryCore = request.app.state.core
     return core
 
