@@ -59,6 +59,7 @@ class DiscoveryServer:
         self._health: HealthService | None = None
         self._rest: _Uvicorn | None = None
         self._rest_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def rest_url(self) -> str:
@@ -105,6 +106,9 @@ class DiscoveryServer:
 
     async def stop(self) -> None:
         """Report NOT_SERVING, end every stream, stop both servers; bounded by the grace."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.settings.shutdown_grace
         log.info("Shutting down (grace %ss)", grace)
         if self._health is not None:
@@ -186,6 +190,9 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # uvicorn's start and stop chatter repeats ours (under the confusing name "uvicorn.error").
+    if logging.getLevelNamesMapping()[level] > logging.DEBUG:
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
