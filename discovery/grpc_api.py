@@ -106,6 +106,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:
+        validation.check_service_name(request.service_name)
+        validation.check_instance_id(request.instance_id)
         load = (
             validation.check_load(request.load_percentage)
             if request.HasField("load_percentage")

@@ -124,6 +124,15 @@ async def test_heartbeat_errors(stub: Stub) -> None:
         )
     )
     assert error.code() == grpc.StatusCode.NOT_FOUND
+    for service, instance, field in (("", "x", "service_name"), ("game", "a b", "instance_id")):
+        error = await rpc_error(
+            stub.Heartbeat(
+                pb.HeartbeatRequest(service_name=service, instance_id=instance),
+                metadata=GRPC_AUTH,
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (error.details() or "")
     await stub.Register(register_request(), metadata=GRPC_AUTH)
     for load in (-0.5, 1.5, float("nan"), float("inf")):
         error = await rpc_error(
