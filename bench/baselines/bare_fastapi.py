@@ -76,6 +76,7 @@ async def main() -> None:
         create_app(), lifespan="off", log_level="warning", access_log=False, http="httptools"
     )
     server = uvicorn.Server(config)
+    sock.listen(1024)  # connections wait in the backlog until uvicorn accepts them
     print(f"REST listening on 127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     await server.serve(sockets=[sock])
 
