@@ -33,8 +33,8 @@ def _reject_bool(value: Any) -> Any:
     return value
 
 
-class RegisterRequest(BaseModel):
-    """An instance to register (or to update, when it is registered already)."""
+class InstanceName(BaseModel):
+    """The two names that identify an instance."""
 
     # The checks themselves are the core's (validators below); `json_schema_extra` only
     # publishes them in the OpenAPI document.
@@ -46,6 +46,21 @@ class RegisterRequest(BaseModel):
         examples=["game-1"],
         json_schema_extra={"pattern": validation.INSTANCE_ID_PATTERN, "maxLength": 256},
     )
+
+    @field_validator("service_name")
+    @classmethod
+    def _service_name(cls, value: str) -> str:
+        return _checked(validation.check_service_name, value)
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str) -> str:
+        return _checked(validation.check_instance_id, value)
+
+
+class RegisterRequest(InstanceName):
+    """An instance to register (or to update, when it is registered already)."""
+
     host: str = Field(
         examples=["10.0.0.5"],
         description="A DNS name (RFC 1123), an IPv4 address or an IPv6 address (no brackets).",
@@ -75,16 +90,6 @@ class RegisterRequest(BaseModel):
             },
         },
     )
-
-    @field_validator("service_name")
-    @classmethod
-    def _service_name(cls, value: str) -> str:
-        return _checked(validation.check_service_name, value)
-
-    @field_validator("instance_id")
-    @classmethod
-    def _instance_id(cls, value: str) -> str:
-        return _checked(validation.check_instance_id, value)
 
     @field_validator("host")
     @classmethod
@@ -122,24 +127,12 @@ class RegisterRequest(BaseModel):
         )
 
 
-class HeartbeatRequest(BaseModel):
+class HeartbeatRequest(InstanceName):
     """A heartbeat, optionally with the load the instance reports."""
 
-    service_name: str = Field(json_schema_extra={"pattern": validation.SERVICE_NAME_PATTERN})
-    instance_id: str = Field(json_schema_extra={"pattern": validation.INSTANCE_ID_PATTERN})
     load_percentage: float | None = Field(
         None, description="Pushed load in 0..1.", json_schema_extra={"minimum": 0, "maximum": 1}
     )
-
-    @field_validator("service_name")
-    @classmethod
-    def _service_name(cls, value: str) -> str:
-        return _checked(validation.check_service_name, value)
-
-    @field_validator("instance_id")
-    @classmethod
-    def _instance_id(cls, value: str) -> str:
-        return _checked(validation.check_instance_id, value)
 
     @field_validator("load_percentage", mode="before")
     @classmethod
