@@ -1,0 +1,142 @@
+"""The streaming RPCs of discovery.v1: Watch over the watch hub, KeepAlive over its sessions.
+
+Watch messages leave as bytes. A change's event is serialized once (cached on the shared
+`WatchEvent`) and every stream that carries it sends those same bytes, so the Watch handler is
+registered with a serializer that passes bytes through (`as_bytes`). A message with several events
+is the concatenation of the events' encodings and a small header: protobuf appends the entries of a
+repeated field that occurs more than once, and fields may come in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import grpc
+
+from discovery.core import DiscoveryCore
+from discovery.errors import DiscoveryError
+from discovery.grpc_codec import EVENT_TO_PB, instance_to_pb
+from discovery.grpc_status import status_for
+from discovery.keepalive import KeepAliveSession, KeepAliveSessions
+from discovery.v1 import discovery_pb2 as pb
+from discovery.watch import WatchBatch, WatchEvent, WatchSelector
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+# -- Watch ------------------------------------------------------------------------------------
+
+
+def as_bytes(message: bytes | pb.WatchResponse) -> bytes:
+    """The Watch response serializer: pre-serialized messages go out untouched."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _event_field(event: WatchEvent) -> bytes:
+    """The event as the `events` entry of a WatchResponse (tag, length, WatchEvent)."""
+    message = pb.WatchEvent(
+        type=EVENT_TO_PB[event.type],
+        instance=instance_to_pb(event.instance),
+        revision=event.revision,
+    )
+    return pb.WatchResponse(events=[message]).SerializeToString()
+
+
+def _header(revision: int, reset: bool = False, synced: bool = True) -> bytes:
+    return pb.WatchResponse(revision=revision, reset=reset, synced=synced).SerializeToString()
+
+
+def _live_message(event: WatchEvent) -> bytes:
+    """The whole message for one live event: the same bytes for every stream that gets it."""
+    return event.encoded(_event_field) + _header(event.revision)
+
+
+def encode_batch(batch: WatchBatch) -> bytes:
+    """A serialized WatchResponse for `batch`."""
+    events = batch.events
+    if len(events) == 1 and not batch.reset and batch.synced:
+        event = events[0]
+        if event.revision == batch.revision:
+            return event.encoded(_live_message)
+    parts = [event.encoded(_event_field) for event in events]
+    parts.append(_header(batch.revision, batch.reset, batch.synced))
+    return b"".join(parts)
+
+
+async def watch(
+    core: DiscoveryCore, request: pb.WatchRequest, context: Context
+) -> AsyncGenerator[bytes, None]:
+    """The Watch RPC: a snapshot (or the history after `start_revision`), then every change."""
+    try:
+        core.check_serving()
+        selector = WatchSelector.checked(
+            request.service_names, request.healthy_only, request.start_revision
+        )
+        watcher = core.watch_hub.watch(selector)
+    except DiscoveryError as exc:
+        await context.abort(status_for(exc), exc.message)
+    try:
+        # Headers first, so a client sees the stream is up even when there is nothing to say.
+        await context.send_initial_metadata(())
+        async for batch in watcher:
+            yield encode_batch(batch)
+    finally:
+        watcher.close()
+
+
+# -- KeepAlive --------------------------------------------------------------------------------
+
+
+def _ack(session: KeepAliveSession, request: pb.KeepAliveRequest) -> pb.KeepAliveResponse:
+    load = request.load_percentage if request.HasField("load_percentage") else None
+    try:
+        instance = session.beat(request.service_name, request.instance_id, load, request.detach)
+    except DiscoveryError as exc:
+        return pb.KeepAliveResponse(
+            service_name=request.service_name,
+            instance_id=request.instance_id,
+            code=status_for(exc).value[0],
+            message=exc.message,
+        )
+    return pb.KeepAliveResponse(
+        service_name=request.service_name,
+        instance_id=request.instance_id,
+        instance=instance_to_pb(instance),
+    )
+
+
+async def _next(requests: AsyncIterator[pb.KeepAliveRequest]) -> pb.KeepAliveRequest | None:
+    try:
+        return await anext(requests)
+    except StopAsyncIteration:
+        return None
+
+
+async def keep_alive(
+    sessions: KeepAliveSessions,
+    requests: AsyncIterator[pb.KeepAliveRequest],
+    context: Context,
+) -> AsyncGenerator[pb.KeepAliveResponse, None]:
+    """The KeepAlive RPC: one ack per request; when the stream ends, its held instances are
+    severed (`KeepAliveSession.close`). Shutdown ends the stream with UNAVAILABLE at once, so
+    an open stream never holds up the server's stop."""
+    try:
+        session = sessions.open()
+    except DiscoveryError as exc:
+        await context.abort(status_for(exc), exc.message)
+    stopping = sessions.stopping
+    try:
+        while True:
+            read = asyncio.ensure_future(_next(requests))
+            await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+            request = read.result()
+            if request is None:
+                return  # the client closed its side
+            yield _ack(session, request)
+    finally:
+        session.close()
