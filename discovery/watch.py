@@ -296,7 +296,7 @@ class Watcher:
             self._snapshot_revision = None
             self._prefix = []
             self._prefix_at = 0
-        return WatchBatch(revision, events, reset=first, synced=last)
+        return WatchBatch(revision, events, reset=first, synced=last, snapshot=True)
 
     def _take_prefix(self) -> list[WatchEvent]:
         prefix, start = self._prefix, self._prefix_at

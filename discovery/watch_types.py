@@ -66,10 +66,13 @@ class WatchBatch:
     events: Sequence[WatchEvent] = ()
     reset: bool = False
     synced: bool = True
+    #: Part of a snapshot: its events are the state at `revision`, not changes after the last
+    #: message. (The last message of a snapshot cannot be told apart by the other fields.)
+    snapshot: bool = False
 
     @property
     def is_progress(self) -> bool:
-        return not self.events and not self.reset
+        return not self.events and not self.snapshot
 
 
 @dataclass(frozen=True, slots=True)
