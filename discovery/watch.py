@@ -85,9 +85,7 @@ class WatchHub:
 
     def __len__(self) -> int:
         """How many watchers are open."""
-        return sum(len(s) for s in self._plain.values()) + sum(
-            len(s) for s in self._healthy.values()
-        )
+        return len(self.watchers())
 
     def watch(self, selector: WatchSelector) -> Watcher:
         """Open a watcher: its first messages are a snapshot, or the history after its resume
@@ -105,13 +103,19 @@ class WatchHub:
             index.setdefault(name, set()).add(watcher)
         return watcher
 
+    def watchers(self) -> list[Watcher]:
+        """Every open watcher (for diagnostics and tests)."""
+        found: dict[Watcher, None] = {}
+        for index in (self._plain, self._healthy):
+            for watchers in index.values():
+                found.update(dict.fromkeys(watchers))
+        return list(found)
+
     def close(self) -> None:
         """End every watcher (their streams finish cleanly) and refuse new ones."""
         self.closed = True
-        for index in (self._plain, self._healthy):
-            for watchers in index.values():
-                for watcher in watchers:
-                    watcher.end()
+        for watcher in self.watchers():
+            watcher.end()
 
     def snapshot(self, selector: WatchSelector) -> list[WatchEvent]:
         """PUT events for every instance the selector matches, as things stand now."""
