@@ -217,6 +217,11 @@ class Watcher:
         """How many live events wait in the queue."""
         return len(self._queue)
 
+    @property
+    def behind(self) -> bool:
+        """Fell behind: the backlog was dropped and a fresh snapshot is owed."""
+        return self._behind
+
     def push(self, event: WatchEvent) -> None:
         """Queue an event; past the backlog limit drop everything and owe a reset instead."""
         if self._behind:
