@@ -34,6 +34,14 @@ WRITE_METHODS = frozenset(
 )
 STREAMING_WRITES = frozenset({f"/{SERVICE_NAME}/KeepAlive"})
 
+#: gRPC queues at most 1,000 calls (3,000 at worst) that arrived before the server took them up.
+#: When thousands of watchers reconnect at once (a restart), calls past that were seen to hang on
+#: the client; a larger queue lets the burst through.
+BURST_OPTIONS = [
+    ("grpc.server.max_pending_requests", 50_000),
+    ("grpc.server.max_pending_requests_hard_limit", 50_000),
+]
+
 __all__ = ["STATUS_FOR", "AuthInterceptor", "DiscoveryServicer", "build_server", "status_for"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -212,6 +220,7 @@ def build_server(
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            *BURST_OPTIONS,
         ],
     )
     # The generated registration only calls the two add_* methods _WatchAsBytes provides.

@@ -32,6 +32,8 @@ __all__ = ["WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
 MAX_BATCH_EVENTS = 500
 #: ... and about this many bytes (estimated), well under gRPC's default 4 MiB receive limit.
 MAX_BATCH_WEIGHT = 1 << 20
+#: Timers may fire this much early; a stream this close to its progress deadline is due.
+_TIMER_SLACK = 0.002
 
 
 class _Fanout:
@@ -211,6 +213,9 @@ class Watcher:
         self._prefix_at = 0
         self._snapshot_revision: int | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_sent = 0.0
+        self._progress_due = False
 
     @property
     def backlog(self) -> int:
@@ -282,18 +287,22 @@ class Watcher:
     async def __aiter__(self) -> AsyncIterator[WatchBatch]:
         """Messages until `end()`; a progress message whenever the stream was quiet too long."""
         loop = asyncio.get_running_loop()
-        interval = self.hub.progress_interval
-        last_sent = loop.time()
-        while not self._ended and not self._closed:
-            batch = self.poll()
-            if batch is None:
-                quiet = loop.time() - last_sent
-                if quiet < interval:
-                    await self._wait(loop, interval - quiet)
-                    continue
-                batch = self.progress()
-            yield batch
-            last_sent = loop.time()
+        self._last_sent = loop.time()
+        self._arm(loop)
+        try:
+            while not self._ended and not self._closed:
+                batch = self.poll()
+                if batch is None:
+                    if not self._progress_due:
+                        await self._wait(loop)
+                        continue
+                    batch = self.progress()
+                self._progress_due = False
+                yield batch
+                self._last_sent = loop.time()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -325,22 +334,24 @@ class Watcher:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _wait(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        # A bare future and timer: cheaper than asyncio.wait_for, which matters with many
-        # thousands of watchers woken by each change.
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        # One timer per watcher, re-armed only when it fires, rather than one per wait: a change
+        # wakes every watcher, and thousands of timers made and cancelled per change add up.
+        interval = self.hub.progress_interval
+        quiet = loop.time() - self._last_sent
+        if quiet >= interval - _TIMER_SLACK:
+            self._progress_due = True
+            self._wake()
+            quiet = 0.0
+        self._timer = loop.call_later(interval - quiet, self._arm, loop)
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiter = waiter
-        timer = loop.call_later(delay, _release, waiter)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _take(queue: deque[WatchEvent]) -> list[WatchEvent]:
