@@ -173,6 +173,7 @@ async def _run(kind: str, server: Child, port: int, streams: int, changes: int) 
             await asyncio.sleep(1.0)
             rss_after = server.rss()
             latencies = []
+            cpu = server.cpu_seconds()
             for seq in range(changes):
                 sent = time.monotonic()
                 await trigger(seq)
@@ -180,6 +181,7 @@ async def _run(kind: str, server: Child, port: int, streams: int, changes: int) 
                 assert (done, int(number)) == ("done", seq)
                 latencies.append(float(last) - sent)
                 await asyncio.sleep(0.05)
+            cpu_per_change = (server.cpu_seconds() - cpu) / changes
         finally:
             if clients is not None:
                 await clients.stop()
@@ -188,6 +190,7 @@ async def _run(kind: str, server: Child, port: int, streams: int, changes: int) 
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
         "rss_per_stream": (rss_after - rss_before) / streams,
+        "cpu_per_change": cpu_per_change,
     }
 
 
@@ -215,18 +218,26 @@ async def main(sizes: Sequence[int], changes: int) -> None:
     print(
         f"Watch fan-out: {changes} changes per size; latency = change sent -> last watcher has it"
     )
-    print(f"{'watchers':>9} {'server':>10} {'p50':>11} {'p99':>11} {'RSS/watcher':>13}")
+    print(
+        f"{'watchers':>9} {'server':>10} {'p50':>11} {'p99':>11} {'RSS/watcher':>13} "
+        f"{'server CPU/change':>18}"
+    )
     for streams in sizes:
         results = {}
         for kind in ("bare", "discovery"):
             results[kind] = figures = await measure(kind, streams, changes)
             print(
                 f"{streams:>9} {kind:>10} {ms(figures['p50'])} {ms(figures['p99'])} "
-                f"{figures['rss_per_stream'] / 1024:>10.1f} KB",
+                f"{figures['rss_per_stream'] / 1024:>10.1f} KB {ms(figures['cpu_per_change']):>18}",
                 flush=True,
             )
-        ratio = results["discovery"]["p99"] / results["bare"]["p99"]
-        print(f"{streams:>9} {'p99 ratio':>10} {ratio:>8.2f} x bare", flush=True)
+        ours, bare = results["discovery"], results["bare"]
+        print(
+            f"{streams:>9} {'ratio':>10} p50 {ours['p50'] / bare['p50']:.2f}x, "
+            f"p99 {ours['p99'] / bare['p99']:.2f}x, "
+            f"CPU/change {ours['cpu_per_change'] / bare['cpu_per_change']:.2f}x bare",
+            flush=True,
+        )
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -7,7 +7,6 @@ Translation only: requests become calls on `DiscoveryCore`, core errors become s
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
@@ -146,24 +145,10 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     ) -> pb.ListAlertsResponse:
         return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
 
-    # grpc.aio wants async generator functions here; aclosing() runs the inner stream's
-    # cleanup as soon as the call ends, not whenever the generator is collected.
-
-    async def KeepAlive(
-        self, request_iterator: AsyncIterator[pb.KeepAliveRequest], context: Context
-    ) -> AsyncIterator[pb.KeepAliveResponse]:
-        async with contextlib.aclosing(
-            keep_alive(self.keepalive_sessions, request_iterator, context)
-        ) as acks:
-            async for ack in acks:
-                yield ack
-
-    async def Watch(  # type: ignore[override]  # yields pre-serialized WatchResponse bytes
-        self, request: pb.WatchRequest, context: Context
-    ) -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(watch(self.core, request, context)) as messages:
-            async for message in messages:
-                yield message
+    # The streaming RPCs (discovery.grpc_streams), bound as methods: grpc.aio needs async
+    # generator functions, and Watch yields pre-serialized bytes (see _WatchAsBytes).
+    KeepAlive = keep_alive  # type: ignore[assignment]
+    Watch = watch  # type: ignore[assignment]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -1,6 +1,8 @@
 """The streaming RPCs of discovery.v1: Watch over the watch hub, KeepAlive over its sessions.
 
-Watch messages leave as bytes. A change's event is serialized once (cached on the shared
+Both are bound as methods of `DiscoveryServicer` (grpc.aio wants async generator functions
+there, and a delegating generator would add a layer to every message). Watch messages leave as
+bytes. A change's event is serialized once (cached on the shared
 `WatchEvent`) and every stream that carries it sends those same bytes, so the Watch handler is
 registered with a serializer that passes bytes through (`as_bytes`). A message with several events
 is the concatenation of the events' encodings and a small header: protobuf appends the entries of a
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -65,10 +67,18 @@ def encode_batch(batch: WatchBatch) -> bytes:
     return b"".join(parts)
 
 
+class StreamServicer(Protocol):
+    """What the streaming handlers need of the servicer they are methods of."""
+
+    core: DiscoveryCore
+    keepalive_sessions: KeepAliveSessions
+
+
 async def watch(
-    core: DiscoveryCore, request: pb.WatchRequest, context: Context
+    servicer: StreamServicer, request: pb.WatchRequest, context: Context
 ) -> AsyncGenerator[bytes, None]:
     """The Watch RPC: a snapshot (or the history after `start_revision`), then every change."""
+    core = servicer.core
     try:
         core.check_serving()
         selector = WatchSelector.checked(
@@ -80,7 +90,7 @@ async def watch(
     try:
         # Headers first, so a client sees the stream is up even when there is nothing to say.
         await context.send_initial_metadata(())
-        async for batch in watcher:
+        while (batch := await watcher.next_batch()) is not None:
             yield encode_batch(batch)
     finally:
         watcher.close()
@@ -115,13 +125,14 @@ async def _next(requests: AsyncIterator[pb.KeepAliveRequest]) -> pb.KeepAliveReq
 
 
 async def keep_alive(
-    sessions: KeepAliveSessions,
+    servicer: StreamServicer,
     requests: AsyncIterator[pb.KeepAliveRequest],
     context: Context,
 ) -> AsyncGenerator[pb.KeepAliveResponse, None]:
     """The KeepAlive RPC: one ack per request; when the stream ends, its held instances are
     severed (`KeepAliveSession.close`). Shutdown ends the stream with UNAVAILABLE at once, so
     an open stream never holds up the server's stop."""
+    sessions = servicer.keepalive_sessions
     try:
         session = sessions.open()
     except DiscoveryError as exc:

@@ -16,24 +16,16 @@ their own messages.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
 
 from discovery.config import Settings
 from discovery.errors import ShuttingDown
 from discovery.model import Change, EventType
 from discovery.registry import Registry
+from discovery.watch_queue import MAX_BATCH_EVENTS, Watcher
 from discovery.watch_types import WatchBatch, WatchEvent, WatchSelector
 
-__all__ = ["WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
-
-#: At most this many events go in one message ...
-MAX_BATCH_EVENTS = 500
-#: ... and about this many bytes (estimated), well under gRPC's default 4 MiB receive limit.
-MAX_BATCH_WEIGHT = 1 << 20
-#: Timers may fire this much early; a stream this close to its progress deadline is due.
-_TIMER_SLACK = 0.002
+__all__ = ["MAX_BATCH_EVENTS", "WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
 
 
 class _Fanout:
@@ -45,6 +37,16 @@ class _Fanout:
         self.change = change
         self.event = WatchEvent(change.type, change.instance, change.revision)
         self._exit: WatchEvent | None = None
+
+    def batch(self) -> WatchBatch:
+        """The live message of this change, shared by every plain watcher."""
+        return _alone(self.event)
+
+    def healthy_batch(self) -> WatchBatch | None:
+        """The live message for healthy-only watchers, shared by them all; None if they see
+        nothing of this change."""
+        event = self.for_healthy_only()
+        return None if event is None else _alone(event)
 
     def for_healthy_only(self) -> WatchEvent | None:
         """The event a healthy-only watcher sees: entering or staying is a PUT, leaving a DELETE."""
@@ -58,6 +60,11 @@ class _Fanout:
         if self._exit is None:
             self._exit = WatchEvent(EventType.DELETE, change.instance, change.revision)
         return self._exit
+
+
+def _alone(event: WatchEvent) -> WatchBatch:
+    """The live message of one event, shared by every watcher that has nothing else queued."""
+    return WatchBatch(event.revision, (event,))
 
 
 class WatchHub:
@@ -178,188 +185,12 @@ class WatchHub:
             instances.pop(instance.instance_id, None)
             if not instances:
                 self._current.pop(name, None)
-        for key in (name, None):
-            plain = self._plain.get(key)
-            if plain:
-                event = fanout.event
-                for watcher in plain:
-                    watcher.push(event)
-            healthy = self._healthy.get(key)
-            if healthy:
-                only = fanout.for_healthy_only()
-                if only is not None:
-                    for watcher in healthy:
-                        watcher.push(only)
-
-
-class Watcher:
-    """One subscriber: its selector, its bounded queue, and what it still owes its stream.
-
-    `poll()` returns the next message to send without waiting; iterating the watcher waits for
-    messages, sends progress on a quiet stream, and ends after `end()` (server shutdown).
-    Call `close()` when the stream is over, however it ended.
-    """
-
-    def __init__(self, hub: WatchHub, selector: WatchSelector) -> None:
-        self.hub = hub
-        self.selector = selector
-        self.resets = 0
-        self._queue: deque[WatchEvent] = deque()
-        self._behind = False
-        self._ended = False
-        self._closed = False
-        # Messages owed before the queue: a snapshot or a replay from history.
-        self._prefix: list[WatchEvent] = []
-        self._prefix_at = 0
-        self._snapshot_revision: int | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_sent = 0.0
-        self._progress_due = False
-
-    @property
-    def backlog(self) -> int:
-        """How many live events wait in the queue."""
-        return len(self._queue)
-
-    @property
-    def behind(self) -> bool:
-        """Fell behind: the backlog was dropped and a fresh snapshot is owed."""
-        return self._behind
-
-    def push(self, event: WatchEvent) -> None:
-        """Queue an event; past the backlog limit drop everything and owe a reset instead."""
-        if self._behind:
-            return
-        queue = self._queue
-        queue.append(event)
-        if len(queue) > self.hub.max_backlog:
-            queue.clear()
-            self._behind = True
-        self._wake()
-
-    def end(self) -> None:
-        """Finish the stream after the current message (server shutdown)."""
-        self._ended = True
-        self._wake()
-
-    def close(self) -> None:
-        """Unsubscribe; idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._queue.clear()
-            self._prefix = []
-            self.hub._forget(self)
-
-    def start_snapshot(self) -> None:
-        self._queue.clear()
-        self._behind = False
-        self._snapshot_revision = self.hub.revision
-        self._prefix = self.hub.snapshot(self.selector)
-        self._prefix_at = 0
-        self.resets += 1
-
-    def start_replay(self, events: list[WatchEvent]) -> None:
-        self._snapshot_revision = None
-        self._prefix = events
-        self._prefix_at = 0
-
-    def poll(self) -> WatchBatch | None:
-        """The next message owed, or None when there is nothing to send right now."""
-        if self._closed or self._ended:
-            return None
-        if self._behind:
-            self.start_snapshot()
-        if self._snapshot_revision is not None:
-            return self._next_snapshot_batch(self._snapshot_revision)
-        if self._prefix_at < len(self._prefix):
-            events = self._take_prefix()
-            return WatchBatch(events[-1].revision, events)
-        if self._queue:
-            events = _take(self._queue)
-            return WatchBatch(events[-1].revision, events)
-        return None
-
-    def progress(self) -> WatchBatch:
-        """A progress message: everything up to the current revision has been said."""
-        return WatchBatch(self.hub.revision)
-
-    async def __aiter__(self) -> AsyncIterator[WatchBatch]:
-        """Messages until `end()`; a progress message whenever the stream was quiet too long."""
-        loop = asyncio.get_running_loop()
-        self._last_sent = loop.time()
-        self._arm(loop)
-        try:
-            while not self._ended and not self._closed:
-                batch = self.poll()
-                if batch is None:
-                    if not self._progress_due:
-                        await self._wait(loop)
-                        continue
-                    batch = self.progress()
-                self._progress_due = False
-                yield batch
-                self._last_sent = loop.time()
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _next_snapshot_batch(self, revision: int) -> WatchBatch:
-        first = self._prefix_at == 0
-        events = self._take_prefix()
-        last = self._prefix_at >= len(self._prefix)
-        if last:
-            self._snapshot_revision = None
-            self._prefix = []
-            self._prefix_at = 0
-        return WatchBatch(revision, events, reset=first, synced=last, snapshot=True)
-
-    def _take_prefix(self) -> list[WatchEvent]:
-        prefix, start = self._prefix, self._prefix_at
-        end, weight = start, 0
-        while end < len(prefix) and end - start < MAX_BATCH_EVENTS:
-            weight += prefix[end].weight
-            if weight > MAX_BATCH_WEIGHT and end > start:
-                break
-            end += 1
-        self._prefix_at = end
-        return prefix[start:end]
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        # One timer per watcher, re-armed only when it fires, rather than one per wait: a change
-        # wakes every watcher, and thousands of timers made and cancelled per change add up.
-        interval = self.hub.progress_interval
-        quiet = loop.time() - self._last_sent
-        if quiet >= interval - _TIMER_SLACK:
-            self._progress_due = True
-            self._wake()
-            quiet = 0.0
-        self._timer = loop.call_later(interval - quiet, self._arm, loop)
-
-    async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiter = waiter
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
-
-def _take(queue: deque[WatchEvent]) -> list[WatchEvent]:
-    events: list[WatchEvent] = []
-    weight = 0
-    while queue and len(events) < MAX_BATCH_EVENTS:
-        weight += queue[0].weight
-        if weight > MAX_BATCH_WEIGHT and events:
-            break
-        events.append(queue.popleft())
-    return events
+        plain = [w for key in (name, None) for w in self._plain.get(key, ())]
+        if plain:
+            batch = fanout.batch()
+            for watcher in plain:
+                watcher.push(batch)
+        healthy = [w for key in (name, None) for w in self._healthy.get(key, ())]
+        if healthy and (only := fanout.healthy_batch()) is not None:
+            for watcher in healthy:
+                watcher.push(only)
