@@ -1,8 +1,9 @@
 """Watch fan-out: one change to N watchers, against a bare grpc.aio fan-out in the same run.
 
 For each N (1,000 and 10,000 by default) and each server (this project's, and a bare grpc.aio
-server-streaming fan-out that hands one pre-serialized message to every stream's queue), one
-client process opens N streams; the bench then makes 20 changes one by one and records the time
+server-streaming fan-out that hands one pre-serialized message to every stream's queue), each on
+the default asyncio loop and on uvloop (what `python -m discovery` runs), one client process
+opens N streams; the bench then makes 20 changes one by one and records the time
 from just before the change is sent until the last of the N watchers has it (p50, p99), and the
 server's RSS growth per open stream. Time is CLOCK_MONOTONIC, shared by all processes.
 
@@ -21,9 +22,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
+import uvloop
 
-from bench._common import Child, discovery_server, ms, percentile, spawn
+from bench._common import Child, ms, percentile, spawn
+from discovery.config import Settings
 from discovery.grpc_api import BURST_OPTIONS
+from discovery.main import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
@@ -137,13 +141,12 @@ async def watchers(target: str, kind: str, streams: int) -> None:
 # -- the driver -------------------------------------------------------------------------------
 
 
-async def measure(kind: str, streams: int, changes: int) -> dict[str, float]:
-    if kind == "bare":
-        server = await spawn(["-m", "bench.watch_fanout", "--role", "bare-server"])
-        port = int((await server.line(30)).split()[1])
-        return await _run(kind, server, port, streams, changes)
-    async with discovery_server() as (server, port):
-        return await _run(kind, server, port, streams, changes)
+async def measure(kind: str, loop: str, streams: int, changes: int) -> dict[str, float]:
+    server = await spawn(
+        ["-m", "bench.watch_fanout", "--role", "server", "--kind", kind, "--loop", loop]
+    )
+    port = int((await server.line(30)).split()[1])
+    return await _run(kind, server, port, streams, changes)
 
 
 async def _run(kind: str, server: Child, port: int, streams: int, changes: int) -> dict[str, float]:
@@ -214,30 +217,60 @@ def _trigger(kind: str, channel: grpc.aio.Channel) -> Callable[[int], asyncio.Fu
     return register
 
 
-async def main(sizes: Sequence[int], changes: int) -> None:
+#: (server, event loop) pairs; the headline compares each server with bare on the same loop.
+VARIANTS = [
+    ("bare", "asyncio"),
+    ("discovery", "asyncio"),
+    ("bare", "uvloop"),
+    ("discovery", "uvloop"),
+]
+
+
+async def main(
+    sizes: Sequence[int], changes: int, variants: Sequence[tuple[str, str]] = VARIANTS
+) -> None:
     print(
         f"Watch fan-out: {changes} changes per size; latency = change sent -> last watcher has it"
     )
     print(
-        f"{'watchers':>9} {'server':>10} {'p50':>11} {'p99':>11} {'RSS/watcher':>13} "
-        f"{'server CPU/change':>18}"
+        f"{'watchers':>9} {'server':>10} {'loop':>8} {'p50':>11} {'p99':>11} {'RSS/watcher':>13} "
+        f"{'CPU/change':>11}"
     )
     for streams in sizes:
         results = {}
-        for kind in ("bare", "discovery"):
-            results[kind] = figures = await measure(kind, streams, changes)
+        for kind, loop in variants:
+            results[kind, loop] = figures = await measure(kind, loop, streams, changes)
             print(
-                f"{streams:>9} {kind:>10} {ms(figures['p50'])} {ms(figures['p99'])} "
-                f"{figures['rss_per_stream'] / 1024:>10.1f} KB {ms(figures['cpu_per_change']):>18}",
+                f"{streams:>9} {kind:>10} {loop:>8} {ms(figures['p50'])} {ms(figures['p99'])} "
+                f"{figures['rss_per_stream'] / 1024:>10.1f} KB {ms(figures['cpu_per_change'])}",
                 flush=True,
             )
-        ours, bare = results["discovery"], results["bare"]
-        print(
-            f"{streams:>9} {'ratio':>10} p50 {ours['p50'] / bare['p50']:.2f}x, "
-            f"p99 {ours['p99'] / bare['p99']:.2f}x, "
-            f"CPU/change {ours['cpu_per_change'] / bare['cpu_per_change']:.2f}x bare",
-            flush=True,
-        )
+        for loop in sorted({loop for _, loop in variants}):
+            ours, bare = results["discovery", loop], results["bare", loop]
+            print(
+                f"{streams:>9} {'ratio':>10} {loop:>8}  p50 {ours['p50'] / bare['p50']:.2f}x, "
+                f"p99 {ours['p99'] / bare['p99']:.2f}x, "
+                f"CPU/change {ours['cpu_per_change'] / bare['cpu_per_change']:.2f}x bare",
+                flush=True,
+            )
+
+
+async def discovery_server() -> None:
+    """This project's server, as `python -m discovery` builds it, on free ports."""
+    server = DiscoveryServer(Settings(host="127.0.0.1", rest_port=0, grpc_port=0))
+    await server.start()
+    print(f"port {server.grpc_port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+def _serve(kind: str, loop: str) -> None:
+    main = bare_server() if kind == "bare" else discovery_server()
+    factory = uvloop.new_event_loop if loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
@@ -247,17 +280,18 @@ def cli(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     parser.add_argument("--sizes", default="1000,10000", help="watcher counts (comma-separated)")
     parser.add_argument("--changes", type=int, default=20)
-    parser.add_argument("--role", choices=["driver", "bare-server", "watchers"], default="driver")
+    parser.add_argument("--role", choices=["driver", "server", "watchers"], default="driver")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
     parser.add_argument("--target")
     parser.add_argument("--kind")
     parser.add_argument("--streams", type=int)
     args = parser.parse_args(argv)
-    if args.role == "bare-server":
-        asyncio.run(bare_server())
+    if args.role == "server":
+        _serve(args.kind, args.loop)
     elif args.role == "watchers":
         asyncio.run(watchers(args.target, args.kind, args.streams))
     elif args.smoke:
-        asyncio.run(main([20, 100], 5))
+        asyncio.run(main([20, 100], 5, [v for v in VARIANTS if v[1] == "uvloop"]))
     else:
         asyncio.run(main([int(s) for s in args.sizes.split(",")], args.changes))
 

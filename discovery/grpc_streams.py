@@ -12,6 +12,7 @@ repeated field that occurs more than once, and fields may come in any order.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
@@ -117,11 +118,60 @@ def _ack(session: KeepAliveSession, request: pb.KeepAliveRequest) -> pb.KeepAliv
     )
 
 
-async def _next(requests: AsyncIterator[pb.KeepAliveRequest]) -> pb.KeepAliveRequest | None:
-    try:
-        return await anext(requests)
-    except StopAsyncIteration:
-        return None
+class _Inbox:
+    """The requests of one stream, read by a task of its own so that the handler can stop
+    waiting for them when shutdown begins; at most `limit` are read ahead of the handler."""
+
+    def __init__(
+        self,
+        requests: AsyncIterator[pb.KeepAliveRequest],
+        stopping: asyncio.Future[None],
+        limit: int = 64,
+    ) -> None:
+        self._buffer: deque[pb.KeepAliveRequest] = deque()
+        self._limit = limit
+        self._stopping = stopping
+        self._ended = False
+        self._handler: asyncio.Future[None] | None = None  # the handler waits for requests
+        self._pump: asyncio.Future[None] | None = None  # the reader waits for room
+        stopping.add_done_callback(self._wake_handler)
+        self._reader = asyncio.ensure_future(self._read(requests))
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.done()
+
+    async def next(self) -> pb.KeepAliveRequest | None:
+        """The next request; None when the client has closed its side or shutdown began."""
+        while not self._buffer:
+            if self._ended or self._stopping.done():
+                return None
+            self._handler = asyncio.get_running_loop().create_future()
+            await self._handler
+        if self._pump is not None and not self._pump.done():
+            self._pump.set_result(None)
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        self._stopping.remove_done_callback(self._wake_handler)
+        self._reader.cancel()  # only pending when the handler stops first (shutdown, failure)
+
+    async def _read(self, requests: AsyncIterator[pb.KeepAliveRequest]) -> None:
+        try:
+            async for request in requests:
+                self._buffer.append(request)
+                self._wake_handler()
+                if len(self._buffer) >= self._limit:
+                    self._pump = asyncio.get_running_loop().create_future()
+                    await self._pump
+        finally:
+            self._ended = True
+            self._wake_handler()
+
+    def _wake_handler(self, _: object = None) -> None:
+        handler = self._handler
+        if handler is not None and not handler.done():
+            handler.set_result(None)
 
 
 async def keep_alive(
@@ -137,17 +187,12 @@ async def keep_alive(
         session = sessions.open()
     except DiscoveryError as exc:
         await context.abort(status_for(exc), exc.message)
-    stopping = sessions.stopping
+    inbox = _Inbox(requests, sessions.stopping)
     try:
-        while True:
-            read = asyncio.ensure_future(_next(requests))
-            await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
-            if not read.done():
-                read.cancel()
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
-            request = read.result()
-            if request is None:
-                return  # the client closed its side
+        while (request := await inbox.next()) is not None:
             yield _ack(session, request)
+        if inbox.stopped:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
     finally:
+        inbox.close()
         session.close()

@@ -295,3 +295,19 @@ async def test_bad_service_name_is_invalid_argument(stub: pb_grpc.DiscoveryServi
         await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "service_names" in (caught.value.details() or "")
+
+
+async def test_a_cancelled_stream_leaves_the_hub(
+    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
+) -> None:
+    calls = [stub.Watch(pb.WatchRequest(service_names=["game"])) for _ in range(3)]
+    for call in calls:
+        await read(call)
+    assert len(server.core.watch_hub) == 3
+    for call in calls:
+        call.cancel()
+    for _ in range(500):  # the server notices within moments
+        if not len(server.core.watch_hub):
+            break
+        await asyncio.sleep(0.01)
+    assert len(server.core.watch_hub) == 0

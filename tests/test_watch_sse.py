@@ -182,3 +182,16 @@ async def test_shutdown_ends_every_sse_stream(make_server: ServerFactory) -> Non
                     await asyncio.wait_for(anext(stream), 2)
     finally:
         await server_context.__aexit__(None, None, None)
+
+
+async def test_a_client_that_goes_away_leaves_the_hub(
+    server: DiscoveryServer, rest: httpx.AsyncClient
+) -> None:
+    async with rest.stream("GET", WATCH) as response:
+        await take(events(response), 2)
+        assert len(server.core.watch_hub) == 1
+    for _ in range(500):  # the server notices within moments
+        if not len(server.core.watch_hub):
+            break
+        await asyncio.sleep(0.01)
+    assert len(server.core.watch_hub) == 0

@@ -123,7 +123,8 @@ class ServiceWatcher:
         """Stop following and close the channel it opened."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A refusal (INVALID_ARGUMENT) that stopped it was raised by wait_synced() already.
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await self._task
         if self._own_channel:
             await self._channel.close(None)
