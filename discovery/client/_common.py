@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -122,6 +123,19 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+async def stop_task(task: asyncio.Task[None], wait: float) -> BaseException | None:
+    """Give `task` up to `wait` seconds to finish, then cancel it; returns what it raised.
+
+    Built on asyncio.wait, which neither raises the task's error nor swallows a cancellation
+    of the caller.
+    """
+    await asyncio.wait({task}, timeout=wait)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    return None if task.cancelled() else task.exception()
 
 
 def auth_metadata(secret: str | None) -> tuple[tuple[str, str], ...]:

@@ -12,7 +12,13 @@ from typing import Self
 
 import grpc
 
-from discovery.client._common import Backoff, ServiceInstance, auth_metadata, open_channel
+from discovery.client._common import (
+    Backoff,
+    ServiceInstance,
+    auth_metadata,
+    open_channel,
+    stop_task,
+)
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
@@ -160,11 +166,9 @@ class DiscoveryClient:
                 )
         self._outbox.put_nowait(None)  # ends the stream cleanly
         if self._task is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._task), wait)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            failure = await stop_task(self._task, wait)
+            if failure is not None:
+                log.warning("KeepAlive stopped with %r", failure)
         if self._own_channel:
             await self._channel.close(None)
 
@@ -205,6 +209,8 @@ class DiscoveryClient:
                     log.warning("Discovery connection lost (%s); reconnecting", exc.code().name)
                 except _StreamEnded:
                     log.info("The server ended the KeepAlive stream; reconnecting")
+                except Exception:  # keep the registrations alive whatever went wrong
+                    log.exception("KeepAlive failed; reconnecting")
                 self.connected.clear()
                 if self._closing:
                     return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import itertools
 import logging
@@ -20,6 +19,7 @@ from discovery.client._common import (
     NoInstanceAvailable,
     ServiceInstance,
     open_channel,
+    stop_task,
 )
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -122,10 +122,8 @@ class ServiceWatcher:
     async def close(self) -> None:
         """Stop following and close the channel it opened."""
         if self._task is not None:
-            self._task.cancel()
             # A refusal (INVALID_ARGUMENT) that stopped it was raised by wait_synced() already.
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await self._task
+            await stop_task(self._task, 0)
         if self._own_channel:
             await self._channel.close(None)
 
@@ -185,6 +183,8 @@ class ServiceWatcher:
                 log.warning("Watch stream lost (%s); reconnecting", exc.code().name)
             except TimeoutError:
                 log.warning("Watch stream silent for %ss; reconnecting", STALE_AFTER)
+            except Exception:  # keep following whatever went wrong
+                log.exception("Watch failed; reconnecting")
             finally:
                 call.cancel()
             self._pending = None  # half a snapshot is no use: the next stream sends another
