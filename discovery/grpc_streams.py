@@ -1,12 +1,13 @@
 """The streaming RPCs of discovery.v1: Watch over the watch hub, KeepAlive over its sessions.
 
 Both are bound as methods of `DiscoveryServicer` (grpc.aio wants async generator functions
-there, and a delegating generator would add a layer to every message). Watch messages leave as
-bytes. A change's event is serialized once (cached on the shared
+there, and a delegating generator would add a layer to every message).
+
+Watch messages leave as bytes. A change's event is serialized once (cached on the shared
 `WatchEvent`) and every stream that carries it sends those same bytes, so the Watch handler is
-registered with a serializer that passes bytes through (`as_bytes`). A message with several events
-is the concatenation of the events' encodings and a small header: protobuf appends the entries of a
-repeated field that occurs more than once, and fields may come in any order.
+registered with a serializer that passes bytes through (`as_bytes`). A message with several
+events is the concatenation of the events' encodings and a small header: protobuf appends the
+entries of a repeated field that occurs more than once, and fields may come in any order.
 """
 
 from __future__ import annotations

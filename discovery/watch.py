@@ -1,17 +1,21 @@
 """The watch hub: every registry change fanned out to watchers, each behind a bounded queue.
 
-The hub listens to the registry. For each change it builds one `WatchEvent` (two at most: a
-healthy-only watcher sees an instance leaving the healthy set as a DELETE) and appends that same
-object to the queue of every watcher that matches. Adapters encode an event through
-`WatchEvent.encoded`, which caches the encoding on the event, so a change is encoded once per
-protocol however many streams carry it.
+The hub listens to the registry. For each change it builds one `WatchEvent` and one message
+holding it (two at most: a healthy-only watcher sees an instance leaving the healthy set as a
+DELETE) and appends that same message to the queue of every watcher that matches. Adapters
+encode an event through `WatchEvent.encoded`, which caches the encoding on the event, so a change
+is encoded once per protocol however many streams carry it.
 
-A watcher whose queue passes `watch_max_backlog` loses the backlog and is marked behind; when its
-stream next asks for a message it gets a fresh reset snapshot instead. Pushing never awaits, so
-a slow stream cannot hold up the registry, the API or other watchers.
+A watcher (`discovery.watch_queue`) whose queue passes `watch_max_backlog` loses the backlog and
+is marked behind; when its stream next asks for a message it gets a fresh reset snapshot
+instead. Pushing never awaits, so a slow stream cannot hold up the registry, the API or other
+watchers.
 
-Protocol-neutral: `Watcher` yields `WatchBatch` values; the gRPC and SSE adapters turn them into
-their own messages.
+The hub keeps the last event of every instance (snapshots are built from it, already encoded)
+and the recent changes with their events (resumes are served from them).
+
+Protocol-neutral: watchers hand out `WatchBatch` values; the gRPC and SSE adapters turn them
+into their own messages.
 """
 
 from __future__ import annotations
