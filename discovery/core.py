@@ -19,6 +19,7 @@ from discovery.errors import ShuttingDown
 from discovery.load import ProcessLoad
 from discovery.model import Alert, Instance, Registration
 from discovery.registry import Registry
+from discovery.watch import WatchHub
 
 log = logging.getLogger("discovery.core")
 
@@ -45,6 +46,8 @@ class DiscoveryCore:
         self.shutting_down = False
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.watch_hub = WatchHub(self.registry, settings)
+        self.on_shutdown(self.watch_hub.close)
 
     # -- writes (callers have authenticated and validated) ----------------------------------
 

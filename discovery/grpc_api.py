@@ -1,14 +1,15 @@
 """The discovery.v1 gRPC adapter: the servicer, the auth interceptor and the server builder.
 
 Translation only: requests become calls on `DiscoveryCore`, core errors become status codes
-(one mapping, `STATUS_FOR`), and instances become protobuf messages (`discovery.grpc_codec`).
+(one mapping, `discovery.grpc_status`), and instances become protobuf messages
+(`discovery.grpc_codec`). The streaming RPCs live in `discovery.grpc_streams`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -16,16 +17,12 @@ from grpc_reflection.v1alpha import reflection
 
 from discovery import validation
 from discovery.core import DiscoveryCore
-from discovery.errors import (
-    AuthError,
-    DiscoveryError,
-    InvalidArgument,
-    LimitExceeded,
-    NotFound,
-    ShuttingDown,
-)
+from discovery.errors import AuthError, DiscoveryError
 from discovery.grpc_codec import alert_to_pb, duration, instance_to_pb
 from discovery.grpc_health import HEALTH_SERVICE_NAME, HealthService
+from discovery.grpc_status import STATUS_FOR, status_for
+from discovery.grpc_streams import as_bytes, keep_alive, watch
+from discovery.keepalive import KeepAliveSessions
 from discovery.model import DEFAULT_HEALTH_ENDPOINT
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -36,22 +33,15 @@ WRITE_METHODS = frozenset(
 )
 STREAMING_WRITES = frozenset({f"/{SERVICE_NAME}/KeepAlive"})
 
-STATUS_FOR: list[tuple[type[DiscoveryError], grpc.StatusCode]] = [
-    (AuthError, grpc.StatusCode.UNAUTHENTICATED),
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+#: gRPC queues at most 1,000 calls (3,000 at worst) that arrived before the server took them up.
+#: When thousands of watchers reconnect at once (a restart), calls past that were seen to hang on
+#: the client; a larger queue lets the burst through.
+BURST_OPTIONS = [
+    ("grpc.server.max_pending_requests", 50_000),
+    ("grpc.server.max_pending_requests_hard_limit", 50_000),
 ]
 
-
-def status_for(exc: DiscoveryError) -> grpc.StatusCode:
-    """The gRPC status code of a core error."""
-    for kind, code in STATUS_FOR:
-        if isinstance(exc, kind):
-            return code
-    return grpc.StatusCode.UNKNOWN
-
+__all__ = ["STATUS_FOR", "AuthInterceptor", "DiscoveryServicer", "build_server", "status_for"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
@@ -78,6 +68,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
 
     def __init__(self, core: DiscoveryCore) -> None:
         self.core = core
+        self.keepalive_sessions = KeepAliveSessions(core)
 
     @_translated
     async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
@@ -156,17 +147,10 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     ) -> pb.ListAlertsResponse:
         return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
 
-    async def KeepAlive(
-        self, request_iterator: AsyncIterator[pb.KeepAliveRequest], context: Context
-    ) -> AsyncIterator[pb.KeepAliveResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "KeepAlive is not available yet")
-        yield pb.KeepAliveResponse()  # pragma: no cover
-
-    async def Watch(
-        self, request: pb.WatchRequest, context: Context
-    ) -> AsyncIterator[pb.WatchResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Watch is not available yet")
-        yield pb.WatchResponse()  # pragma: no cover
+    # The streaming RPCs (discovery.grpc_streams), bound as methods: grpc.aio needs async
+    # generator functions, and Watch yields pre-serialized bytes (see _WatchAsBytes).
+    KeepAlive = keep_alive  # type: ignore[assignment]
+    Watch = watch  # type: ignore[assignment]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -223,12 +207,44 @@ def build_server(
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            *BURST_OPTIONS,
         ],
     )
-    pb_grpc.add_DiscoveryServiceServicer_to_server(servicer or DiscoveryServicer(core), server)
+    # The generated registration only calls the two add_* methods _WatchAsBytes provides.
+    registrar = cast(grpc.aio.Server, _WatchAsBytes(server))
+    pb_grpc.add_DiscoveryServiceServicer_to_server(servicer or DiscoveryServicer(core), registrar)
     health = HealthService([SERVICE_NAME])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     return server, health
+
+
+class _WatchAsBytes:
+    """Hands the generated registration to `server` with Watch's serializer swapped for one that
+    passes bytes through: Watch messages are serialized once and shared by every stream."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: `add_registered_method_handlers` registers the same table, patched."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        original = handlers["Watch"]
+        assert original.unary_stream is not None
+        handlers = {
+            **handlers,
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                original.unary_stream,
+                request_deserializer=original.request_deserializer,
+                response_serializer=as_bytes,
+            ),
+        }
+        generic = grpc.method_handlers_generic_handler(service, handlers)
+        self._server.add_generic_rpc_handlers((generic,))
+        # Missing from grpc-stubs; grpcio has had it since 1.63 and the generated code calls it.
+        self._server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from discovery.core import DiscoveryCore
 from gateway_rest import errors
 from gateway_rest.guard import WriteGuard
 from gateway_rest.routers import health_router, router
+from gateway_rest.sse import router as watch_router
 
 
 def create_app(core: DiscoveryCore) -> FastAPI:
@@ -21,6 +22,7 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     )
     app.state.core = core
     app.include_router(router)
+    app.include_router(watch_router)
     app.include_router(health_router)
     errors.install(app)
     app.add_middleware(WriteGuard, auth=core.auth)

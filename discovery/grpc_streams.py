@@ -1,0 +1,199 @@
+"""The streaming RPCs of discovery.v1: Watch over the watch hub, KeepAlive over its sessions.
+
+Both are bound as methods of `DiscoveryServicer` (grpc.aio wants async generator functions
+there, and a delegating generator would add a layer to every message).
+
+Watch messages leave as bytes. A change's event is serialized once (cached on the shared
+`WatchEvent`) and every stream that carries it sends those same bytes, so the Watch handler is
+registered with a serializer that passes bytes through (`as_bytes`). A message with several
+events is the concatenation of the events' encodings and a small header: protobuf appends the
+entries of a repeated field that occurs more than once, and fields may come in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+
+from discovery.core import DiscoveryCore
+from discovery.errors import DiscoveryError
+from discovery.grpc_codec import EVENT_TO_PB, instance_to_pb
+from discovery.grpc_status import status_for
+from discovery.keepalive import KeepAliveSession, KeepAliveSessions
+from discovery.v1 import discovery_pb2 as pb
+from discovery.watch import WatchBatch, WatchEvent, WatchSelector
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+# -- Watch ------------------------------------------------------------------------------------
+
+
+def as_bytes(message: bytes | pb.WatchResponse) -> bytes:
+    """The Watch response serializer: pre-serialized messages go out untouched."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def _event_field(event: WatchEvent) -> bytes:
+    """The event as the `events` entry of a WatchResponse (tag, length, WatchEvent)."""
+    message = pb.WatchEvent(
+        type=EVENT_TO_PB[event.type],
+        instance=instance_to_pb(event.instance),
+        revision=event.revision,
+    )
+    return pb.WatchResponse(events=[message]).SerializeToString()
+
+
+def _header(revision: int, reset: bool = False, synced: bool = True) -> bytes:
+    return pb.WatchResponse(revision=revision, reset=reset, synced=synced).SerializeToString()
+
+
+def _live_message(event: WatchEvent) -> bytes:
+    """The whole message for one live event: the same bytes for every stream that gets it."""
+    return event.encoded(_event_field) + _header(event.revision)
+
+
+def encode_batch(batch: WatchBatch) -> bytes:
+    """A serialized WatchResponse for `batch`."""
+    events = batch.events
+    if len(events) == 1 and not batch.reset and batch.synced:
+        event = events[0]
+        if event.revision == batch.revision:
+            return event.encoded(_live_message)
+    parts = [event.encoded(_event_field) for event in events]
+    parts.append(_header(batch.revision, batch.reset, batch.synced))
+    return b"".join(parts)
+
+
+class StreamServicer(Protocol):
+    """What the streaming handlers need of the servicer they are methods of."""
+
+    core: DiscoveryCore
+    keepalive_sessions: KeepAliveSessions
+
+
+async def watch(
+    servicer: StreamServicer, request: pb.WatchRequest, context: Context
+) -> AsyncGenerator[bytes, None]:
+    """The Watch RPC: a snapshot (or the history after `start_revision`), then every change."""
+    core = servicer.core
+    try:
+        core.check_serving()
+        selector = WatchSelector.checked(
+            request.service_names, request.healthy_only, request.start_revision
+        )
+        watcher = core.watch_hub.watch(selector)
+    except DiscoveryError as exc:
+        await context.abort(status_for(exc), exc.message)
+    try:
+        # Headers first, so a client sees the stream is up even when there is nothing to say.
+        await context.send_initial_metadata(())
+        while (batch := await watcher.next_batch()) is not None:
+            yield encode_batch(batch)
+    finally:
+        watcher.close()
+
+
+# -- KeepAlive --------------------------------------------------------------------------------
+
+
+def _ack(session: KeepAliveSession, request: pb.KeepAliveRequest) -> pb.KeepAliveResponse:
+    load = request.load_percentage if request.HasField("load_percentage") else None
+    try:
+        instance = session.beat(request.service_name, request.instance_id, load, request.detach)
+    except DiscoveryError as exc:
+        return pb.KeepAliveResponse(
+            service_name=request.service_name,
+            instance_id=request.instance_id,
+            code=status_for(exc).value[0],
+            message=exc.message,
+        )
+    return pb.KeepAliveResponse(
+        service_name=request.service_name,
+        instance_id=request.instance_id,
+        instance=instance_to_pb(instance),
+    )
+
+
+class _Inbox:
+    """The requests of one stream, read by a task of its own so that the handler can stop
+    waiting for them when shutdown begins; at most `limit` are read ahead of the handler."""
+
+    def __init__(
+        self,
+        requests: AsyncIterator[pb.KeepAliveRequest],
+        stopping: asyncio.Future[None],
+        limit: int = 64,
+    ) -> None:
+        self._buffer: deque[pb.KeepAliveRequest] = deque()
+        self._limit = limit
+        self._stopping = stopping
+        self._ended = False
+        self._handler: asyncio.Future[None] | None = None  # the handler waits for requests
+        self._pump: asyncio.Future[None] | None = None  # the reader waits for room
+        stopping.add_done_callback(self._wake_handler)
+        self._reader = asyncio.ensure_future(self._read(requests))
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.done()
+
+    async def next(self) -> pb.KeepAliveRequest | None:
+        """The next request; None when the client has closed its side or shutdown began."""
+        while not self._buffer:
+            if self._ended or self._stopping.done():
+                return None
+            self._handler = asyncio.get_running_loop().create_future()
+            await self._handler
+        if self._pump is not None and not self._pump.done():
+            self._pump.set_result(None)
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        self._stopping.remove_done_callback(self._wake_handler)
+        self._reader.cancel()  # only pending when the handler stops first (shutdown, failure)
+
+    async def _read(self, requests: AsyncIterator[pb.KeepAliveRequest]) -> None:
+        try:
+            async for request in requests:
+                self._buffer.append(request)
+                self._wake_handler()
+                if len(self._buffer) >= self._limit:
+                    self._pump = asyncio.get_running_loop().create_future()
+                    await self._pump
+        finally:
+            self._ended = True
+            self._wake_handler()
+
+    def _wake_handler(self, _: object = None) -> None:
+        handler = self._handler
+        if handler is not None and not handler.done():
+            handler.set_result(None)
+
+
+async def keep_alive(
+    servicer: StreamServicer,
+    requests: AsyncIterator[pb.KeepAliveRequest],
+    context: Context,
+) -> AsyncGenerator[pb.KeepAliveResponse, None]:
+    """The KeepAlive RPC: one ack per request; when the stream ends, its held instances are
+    severed (`KeepAliveSession.close`). Shutdown ends the stream with UNAVAILABLE at once, so
+    an open stream never holds up the server's stop."""
+    sessions = servicer.keepalive_sessions
+    try:
+        session = sessions.open()
+    except DiscoveryError as exc:
+        await context.abort(status_for(exc), exc.message)
+    inbox = _Inbox(requests, sessions.stopping)
+    try:
+        while (request := await inbox.next()) is not None:
+            yield _ack(session, request)
+        if inbox.stopped:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+    finally:
+        inbox.close()
+        session.close()

@@ -1,0 +1,108 @@
+"""Connection-bound heartbeats: which instances each KeepAlive stream holds, and what its end does.
+
+A stream holds an instance from its first heartbeat for it until a request with `detach` set.
+When the stream ends, every instance it still holds is severed (turns unhealthy at once, see
+`Registry.sever`) unless another open stream holds it too: a client that reconnects opens its new
+stream before the server has noticed the old one's end, and that must not flap its instances.
+
+Protocol-neutral: the gRPC adapter (`discovery.grpc_streams`) reads requests and writes acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from discovery import validation
+from discovery.core import DiscoveryCore
+from discovery.model import Instance
+
+Key = tuple[str, str]
+
+
+class KeepAliveSessions:
+    """The open KeepAlive streams of one core."""
+
+    def __init__(self, core: DiscoveryCore) -> None:
+        self._core = core
+        self._holders: Counter[Key] = Counter()
+        self._stopping: asyncio.Future[None] | None = None
+        core.on_shutdown(self._stop)
+
+    def open(self) -> KeepAliveSession:
+        """A session for a new stream; `ShuttingDown` once shutdown has begun."""
+        self._core.check_serving()
+        return KeepAliveSession(self._core, self._holders)
+
+    @property
+    def stopping(self) -> asyncio.Future[None]:
+        """Done once shutdown begins: streams end then instead of holding up the stop."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_future()
+            if self._core.shutting_down:
+                self._stopping.set_result(None)
+        return self._stopping
+
+    def held(self, service_name: str, instance_id: str) -> int:
+        """How many open streams hold the instance."""
+        return self._holders[(service_name, instance_id)]
+
+    def _stop(self) -> None:
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)
+
+
+class KeepAliveSession:
+    """The instances one stream keeps alive."""
+
+    def __init__(self, core: DiscoveryCore, holders: Counter[Key]) -> None:
+        self._core = core
+        self._holders = holders
+        self._held: set[Key] = set()
+        self._closed = False
+
+    @property
+    def held(self) -> frozenset[Key]:
+        return frozenset(self._held)
+
+    def beat(
+        self, service_name: str, instance_id: str, load: float | None, detach: bool = False
+    ) -> Instance:
+        """One request: a heartbeat, then hold or (with `detach`) release the instance.
+
+        Raises `InvalidArgument` (bad load) or `InstanceNotFound` and changes nothing then.
+        """
+        if load is not None:
+            load = validation.check_load(load)
+        instance = self._core.heartbeat(service_name, instance_id, load)
+        key = instance.key
+        if detach:
+            if key in self._held:
+                self._held.discard(key)
+                self._release(key)
+        elif key not in self._held:
+            self._held.add(key)
+            self._holders[key] += 1
+        return instance
+
+    def close(self) -> None:
+        """The stream ended: sever every instance it still holds and no other stream holds.
+
+        Idempotent. During shutdown nothing is severed: the registry goes away with the process.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        orphans = [key for key in self._held if self._release(key)]
+        self._held.clear()
+        if orphans and not self._core.shutting_down:
+            self._core.registry.sever(orphans)
+
+    def _release(self, key: Key) -> bool:
+        """Drop this stream's hold; True when no stream holds the instance any more."""
+        count = self._holders[key] - 1
+        if count > 0:
+            self._holders[key] = count
+            return False
+        del self._holders[key]
+        return True

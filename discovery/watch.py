@@ -1,0 +1,200 @@
+"""The watch hub: every registry change fanned out to watchers, each behind a bounded queue.
+
+The hub listens to the registry. For each change it builds one `WatchEvent` and one message
+holding it (two at most: a healthy-only watcher sees an instance leaving the healthy set as a
+DELETE) and appends that same message to the queue of every watcher that matches. Adapters
+encode an event through `WatchEvent.encoded`, which caches the encoding on the event, so a change
+is encoded once per protocol however many streams carry it.
+
+A watcher (`discovery.watch_queue`) whose queue passes `watch_max_backlog` loses the backlog and
+is marked behind; when its stream next asks for a message it gets a fresh reset snapshot
+instead. Pushing never awaits, so a slow stream cannot hold up the registry, the API or other
+watchers.
+
+The hub keeps the last event of every instance (snapshots are built from it, already encoded)
+and the recent changes with their events (resumes are served from them).
+
+Protocol-neutral: watchers hand out `WatchBatch` values; the gRPC and SSE adapters turn them
+into their own messages.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from discovery.config import Settings
+from discovery.errors import ShuttingDown
+from discovery.model import Change, EventType
+from discovery.registry import Registry
+from discovery.watch_queue import MAX_BATCH_EVENTS, Watcher
+from discovery.watch_types import WatchBatch, WatchEvent, WatchSelector
+
+__all__ = ["MAX_BATCH_EVENTS", "WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
+
+
+class _Fanout:
+    """A change and the events it turns into; kept for resumes from history."""
+
+    __slots__ = ("_exit", "change", "event")
+
+    def __init__(self, change: Change) -> None:
+        self.change = change
+        self.event = WatchEvent(change.type, change.instance, change.revision)
+        self._exit: WatchEvent | None = None
+
+    def batch(self) -> WatchBatch:
+        """The live message of this change, shared by every plain watcher."""
+        return _alone(self.event)
+
+    def healthy_batch(self) -> WatchBatch | None:
+        """The live message for healthy-only watchers, shared by them all; None if they see
+        nothing of this change."""
+        event = self.for_healthy_only()
+        return None if event is None else _alone(event)
+
+    def for_healthy_only(self) -> WatchEvent | None:
+        """The event a healthy-only watcher sees: entering or staying is a PUT, leaving a DELETE."""
+        change = self.change
+        if change.healthy_after:
+            return self.event
+        if not change.healthy_before:
+            return None  # a change outside the healthy set
+        if change.type is EventType.DELETE:
+            return self.event
+        if self._exit is None:
+            self._exit = WatchEvent(EventType.DELETE, change.instance, change.revision)
+        return self._exit
+
+
+def _alone(event: WatchEvent) -> WatchBatch:
+    """The live message of one event, shared by every watcher that has nothing else queued."""
+    return WatchBatch(event.revision, (event,))
+
+
+class WatchHub:
+    """Watchers over one registry. Used from the registry's event loop only."""
+
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        self._registry = registry
+        self.max_backlog = settings.watch_max_backlog
+        self.progress_interval = settings.watch_progress_interval
+        self.closed = False
+        # Index by service name; None holds the watchers of every service.
+        self._plain: dict[str | None, set[Watcher]] = {}
+        self._healthy: dict[str | None, set[Watcher]] = {}
+        # The last PUT of every instance, by service, for snapshots without copying the registry.
+        self._current: dict[str, dict[str, WatchEvent]] = {}
+        # Recent changes with their (shared, already encoded) events, for resumes.
+        self._recent: deque[_Fanout] = deque(maxlen=settings.watch_history_size)
+        for instance in registry.all_instances():
+            snap = instance.snapshot()
+            event = WatchEvent(EventType.PUT, snap, instance.revision)
+            self._current.setdefault(instance.service_name, {})[instance.instance_id] = event
+        registry.subscribe(self._on_change)
+
+    @property
+    def revision(self) -> int:
+        return self._registry.revision
+
+    def __len__(self) -> int:
+        """How many watchers are open."""
+        return len(self.watchers())
+
+    def watch(self, selector: WatchSelector) -> Watcher:
+        """Open a watcher: its first messages are a snapshot, or the history after its resume
+        point when the registry still holds it. `ShuttingDown` once `close()` was called."""
+        if self.closed:
+            raise ShuttingDown()
+        watcher = Watcher(self, selector)
+        replay = self._replay(selector) if selector.start_revision > 0 else None
+        if replay is None:
+            watcher.start_snapshot()
+        else:
+            watcher.start_replay(replay)
+        index = self._healthy if selector.healthy_only else self._plain
+        for name in selector.services or (None,):
+            index.setdefault(name, set()).add(watcher)
+        return watcher
+
+    def watchers(self) -> list[Watcher]:
+        """Every open watcher (for diagnostics and tests)."""
+        found: dict[Watcher, None] = {}
+        for index in (self._plain, self._healthy):
+            for watchers in index.values():
+                found.update(dict.fromkeys(watchers))
+        return list(found)
+
+    def close(self) -> None:
+        """End every watcher (their streams finish cleanly) and refuse new ones."""
+        self.closed = True
+        for watcher in self.watchers():
+            watcher.end()
+
+    def snapshot(self, selector: WatchSelector) -> list[WatchEvent]:
+        """PUT events for every instance the selector matches, as things stand now."""
+        current = self._current
+        names = selector.services or current.keys()
+        events: list[WatchEvent] = []
+        for name in names:
+            instances = current.get(name)
+            if instances:
+                events.extend(instances.values())
+        if selector.healthy_only:
+            events = [e for e in events if e.instance.healthy]
+        return events
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _forget(self, watcher: Watcher) -> None:
+        index = self._healthy if watcher.selector.healthy_only else self._plain
+        for name in watcher.selector.services or (None,):
+            watchers = index.get(name)
+            if watchers is not None:
+                watchers.discard(watcher)
+                if not watchers:
+                    del index[name]
+
+    def _replay(self, selector: WatchSelector) -> list[WatchEvent] | None:
+        changes = self._registry.changes_since(selector.start_revision)
+        if changes is None:
+            return None
+        services = selector.services
+        events: list[WatchEvent] = []
+        for change in changes:
+            if services and change.instance.service_name not in services:
+                continue
+            fanout = self._fanout_of(change)
+            event = fanout.for_healthy_only() if selector.healthy_only else fanout.event
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _fanout_of(self, change: Change) -> _Fanout:
+        recent = self._recent
+        if recent:
+            index = change.revision - recent[0].change.revision
+            if 0 <= index < len(recent) and recent[index].change is change:
+                return recent[index]
+        return _Fanout(change)
+
+    def _on_change(self, change: Change) -> None:
+        fanout = _Fanout(change)
+        self._recent.append(fanout)
+        instance = change.instance
+        name = instance.service_name
+        if change.type is EventType.PUT:
+            self._current.setdefault(name, {})[instance.instance_id] = fanout.event
+        else:
+            instances = self._current.get(name, {})
+            instances.pop(instance.instance_id, None)
+            if not instances:
+                self._current.pop(name, None)
+        plain = [w for key in (name, None) for w in self._plain.get(key, ())]
+        if plain:
+            batch = fanout.batch()
+            for watcher in plain:
+                watcher.push(batch)
+        healthy = [w for key in (name, None) for w in self._healthy.get(key, ())]
+        if healthy and (only := fanout.healthy_batch()) is not None:
+            for watcher in healthy:
+                watcher.push(only)

@@ -1,0 +1,220 @@
+"""One watcher: a bounded queue of live messages, what it owes before them, and progress timing.
+
+The hub pushes shared single-event messages into the queue (pushing never waits). The stream
+that owns the watcher takes messages with `next_batch()`: first the snapshot or the replay it is
+owed, then the queue (several queued events go out as one message), and a progress message when
+it has sent nothing for the progress interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from discovery.watch_types import WatchBatch, WatchEvent, WatchSelector
+
+if TYPE_CHECKING:
+    from discovery.watch import WatchHub
+
+#: At most this many events go in one message ...
+MAX_BATCH_EVENTS = 500
+#: ... and about this many bytes (estimated), well under gRPC's default 4 MiB receive limit.
+MAX_BATCH_WEIGHT = 1 << 20
+#: Timers may fire this much early; a stream this close to its progress deadline is due.
+_TIMER_SLACK = 0.002
+
+
+class Watcher:
+    """One subscriber: its selector, its bounded queue, and what it still owes its stream.
+
+    `poll()` returns the next message owed without waiting; `next_batch()` (or iterating the
+    watcher) waits for one, sends progress on a quiet stream, and returns None after `end()`
+    (server shutdown). Call `close()` when the stream is over, however it ended.
+    """
+
+    def __init__(self, hub: WatchHub, selector: WatchSelector) -> None:
+        self.hub = hub
+        self.selector = selector
+        self.resets = 0
+        self._queue: deque[WatchBatch] = deque()
+        self._behind = False
+        self._ended = False
+        self._closed = False
+        # Owed before the queue: a snapshot (at `_snapshot_revision`) or a replay from history.
+        self._prefix: list[WatchEvent] = []
+        self._prefix_at = 0
+        self._snapshot_revision: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_sent = 0.0
+        self._progress_due = False
+
+    @property
+    def backlog(self) -> int:
+        """How many live events wait in the queue."""
+        return len(self._queue)
+
+    @property
+    def behind(self) -> bool:
+        """Fell behind: the backlog was dropped and a fresh snapshot is owed."""
+        return self._behind
+
+    def push(self, batch: WatchBatch) -> None:
+        """Queue a one-event message; past the backlog limit drop all and owe a reset instead."""
+        if self._behind:
+            return
+        queue = self._queue
+        queue.append(batch)
+        if len(queue) > self.hub.max_backlog:
+            queue.clear()
+            self._behind = True
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set_result(None)
+
+    def end(self) -> None:
+        """Finish the stream after the current message (server shutdown)."""
+        self._ended = True
+        self._wake()
+
+    def close(self) -> None:
+        """Unsubscribe; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._queue.clear()
+            self._prefix = []
+            if self._timer is not None:
+                self._timer.cancel()
+            self.hub._forget(self)
+
+    def start_snapshot(self) -> None:
+        """Owe a fresh snapshot (and drop the queue: the snapshot covers it)."""
+        self._queue.clear()
+        self._behind = False
+        self._snapshot_revision = self.hub.revision
+        self._prefix = self.hub.snapshot(self.selector)
+        self._prefix_at = 0
+        self.resets += 1
+
+    def start_replay(self, events: list[WatchEvent]) -> None:
+        """Owe these events from history before the queue."""
+        self._snapshot_revision = None
+        self._prefix = events
+        self._prefix_at = 0
+
+    def poll(self) -> WatchBatch | None:
+        """The next message owed, or None when there is nothing to send right now."""
+        if self._closed or self._ended:
+            return None
+        if self._behind:
+            self.start_snapshot()
+        if self._snapshot_revision is not None:
+            return self._next_snapshot_batch(self._snapshot_revision)
+        if self._prefix_at < len(self._prefix):
+            events = self._take_prefix()
+            return WatchBatch(events[-1].revision, events)
+        queue = self._queue
+        if len(queue) == 1:
+            return queue.popleft()  # the message shared with every other watcher
+        if queue:
+            events = _take(queue)
+            return WatchBatch(events[-1].revision, events)
+        return None
+
+    def progress(self) -> WatchBatch:
+        """A progress message: everything up to the current revision has been said."""
+        return WatchBatch(self.hub.revision)
+
+    async def next_batch(self) -> WatchBatch | None:
+        """The next message to send, waiting for one; progress when the stream has been quiet
+        for the progress interval; None once the stream is to end."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            self._last_sent = loop.time()
+            self._arm()
+        while not self._ended and not self._closed:
+            batch = self.poll()
+            if batch is None:
+                if not self._progress_due:
+                    await self._wait(loop)
+                    continue
+                batch = self.progress()
+            self._progress_due = False
+            self._last_sent = loop.time()
+            return batch
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[WatchBatch]:
+        while (batch := await self.next_batch()) is not None:
+            yield batch
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _next_snapshot_batch(self, revision: int) -> WatchBatch:
+        first = self._prefix_at == 0
+        events = self._take_prefix()
+        last = self._prefix_at >= len(self._prefix)
+        if last:
+            self._snapshot_revision = None
+            self._prefix = []
+            self._prefix_at = 0
+        return WatchBatch(revision, events, reset=first, synced=last, snapshot=True)
+
+    def _take_prefix(self) -> list[WatchEvent]:
+        prefix, start = self._prefix, self._prefix_at
+        end, weight = start, 0
+        while end < len(prefix) and end - start < MAX_BATCH_EVENTS:
+            weight += prefix[end].weight
+            if weight > MAX_BATCH_WEIGHT and end > start:
+                break
+            end += 1
+        self._prefix_at = end
+        return prefix[start:end]
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _arm(self) -> None:
+        # One timer per watcher, re-armed only when it fires, rather than one per wait: a change
+        # wakes every watcher, and thousands of timers made and cancelled per change add up.
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        interval = self.hub.progress_interval
+        quiet = loop.time() - self._last_sent
+        if quiet >= interval - _TIMER_SLACK:
+            self._progress_due = True
+            self._wake()
+            quiet = 0.0
+        self._timer = loop.call_later(interval - quiet, self._arm)
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+
+def _take(queue: deque[WatchBatch]) -> list[WatchEvent]:
+    """Up to a message's worth of queued events (each queued message holds one)."""
+    events: list[WatchEvent] = []
+    weight = 0
+    while queue and len(events) < MAX_BATCH_EVENTS:
+        event = queue[0].events[0]
+        weight += event.weight
+        if weight > MAX_BATCH_WEIGHT and events:
+            break
+        queue.popleft()
+        events.append(event)
+    return events

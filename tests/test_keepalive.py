@@ -1,0 +1,228 @@
+"""KeepAlive (CONTRACT section 5): acks, clean detach, and breaks that turn instances unhealthy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from discovery.main import DiscoveryServer
+from discovery.model import HealthStatus, Registration
+from discovery.v1 import discovery_pb2 as pb
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
+from tests.conftest import GRPC_AUTH, SECRET, ServerFactory
+
+KeepAliveCall = grpc.aio.StreamStreamCall[pb.KeepAliveRequest, pb.KeepAliveResponse]
+
+
+def add(server: DiscoveryServer, instance: str, probed: bool = False) -> None:
+    endpoint = "/health" if probed else None
+    server.core.register(Registration("game", instance, "127.0.0.1", 9, endpoint))
+
+
+def status(server: DiscoveryServer, instance: str) -> HealthStatus:
+    return server.core.registry.require("game", instance).status
+
+
+async def beat(call: KeepAliveCall, instance: str, **fields: object) -> pb.KeepAliveResponse:
+    await call.write(pb.KeepAliveRequest(service_name="game", instance_id=instance, **fields))
+    ack = await asyncio.wait_for(call.read(), 5)
+    assert isinstance(ack, pb.KeepAliveResponse)
+    return ack
+
+
+async def until(condition: object, within: float = 2.0) -> float:
+    """Wait for `condition()` to hold; returns how long it took."""
+    assert callable(condition)
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > within:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+async def keepalive(stub: pb_grpc.DiscoveryServiceStub) -> AsyncIterator[KeepAliveCall]:
+    call = stub.KeepAlive(metadata=GRPC_AUTH)
+    yield call
+    call.cancel()
+
+
+async def test_acks_and_error_acks_keep_the_stream_open(
+    server: DiscoveryServer, keepalive: KeepAliveCall
+) -> None:
+    add(server, "game-1")
+    ack = await beat(keepalive, "game-1", load_percentage=0.4)
+    assert (ack.code, ack.service_name, ack.instance_id) == (0, "game", "game-1")
+    assert ack.instance.load_percentage == pytest.approx(0.4)
+    assert ack.instance.HasField("last_heartbeat")
+    missing = await beat(keepalive, "nobody")
+    assert (missing.code, missing.HasField("instance")) == (5, False)
+    assert "nobody" in missing.message
+    invalid = await beat(keepalive, "game-1", load_percentage=1.5)
+    assert invalid.code == 3
+    assert "load_percentage" in invalid.message
+    assert server.core.registry.require("game", "game-1").load_percentage == pytest.approx(0.4)
+    again = await beat(keepalive, "game-1")  # still open after error acks
+    assert again.code == 0
+
+
+async def test_each_request_is_a_heartbeat(
+    server: DiscoveryServer, keepalive: KeepAliveCall
+) -> None:
+    add(server, "game-1")
+    before = server.core.registry.require("game", "game-1").last_heartbeat
+    await beat(keepalive, "game-1")
+    after = server.core.registry.require("game", "game-1").last_heartbeat
+    assert after is not None
+    assert before is None or after > before
+
+
+@pytest.mark.parametrize("ending", ["cancel", "close without detach"])
+async def test_a_break_turns_held_instances_unhealthy_at_once(
+    server: DiscoveryServer, keepalive: KeepAliveCall, ending: str
+) -> None:
+    add(server, "game-1")
+    add(server, "game-2")
+    add(server, "game-3")  # never sent on the stream: not held
+    await beat(keepalive, "game-1")
+    await beat(keepalive, "game-2")
+    if ending == "cancel":
+        keepalive.cancel()
+    else:
+        await keepalive.done_writing()
+        assert await asyncio.wait_for(keepalive.code(), 5) == grpc.StatusCode.OK
+    await until(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY, 1)
+    assert status(server, "game-2") is HealthStatus.UNHEALTHY
+    assert status(server, "game-3") is HealthStatus.HEALTHY
+
+
+async def test_detach_then_close_leaves_instances_as_they_are(
+    server: DiscoveryServer, keepalive: KeepAliveCall
+) -> None:
+    add(server, "game-1")
+    add(server, "game-2")
+    await beat(keepalive, "game-1", load_percentage=0.3)
+    await beat(keepalive, "game-2")
+    assert (await beat(keepalive, "game-1", detach=True)).code == 0
+    assert (await beat(keepalive, "game-2", detach=True)).code == 0
+    await keepalive.done_writing()
+    assert await asyncio.wait_for(keepalive.code(), 5) == grpc.StatusCode.OK
+    await asyncio.sleep(0.1)
+    assert status(server, "game-1") is HealthStatus.HEALTHY
+    assert status(server, "game-2") is HealthStatus.HEALTHY
+
+
+async def test_a_severed_instance_comes_back_with_its_next_heartbeat(
+    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub, keepalive: KeepAliveCall
+) -> None:
+    add(server, "game-1")
+    await beat(keepalive, "game-1")
+    keepalive.cancel()
+    await until(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
+    await stub.Heartbeat(
+        pb.HeartbeatRequest(service_name="game", instance_id="game-1"), metadata=GRPC_AUTH
+    )
+    assert status(server, "game-1") is HealthStatus.HEALTHY
+
+
+async def test_another_open_stream_keeps_a_shared_instance_up(
+    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub, keepalive: KeepAliveCall
+) -> None:
+    add(server, "game-1")
+    newer = stub.KeepAlive(metadata=GRPC_AUTH)  # e.g. a client that reconnected
+    await beat(keepalive, "game-1")
+    await beat(newer, "game-1")
+    keepalive.cancel()
+    await asyncio.sleep(0.2)
+    assert status(server, "game-1") is HealthStatus.HEALTHY
+    newer.cancel()
+    await until(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
+
+
+async def test_keepalive_needs_credentials(stub: pb_grpc.DiscoveryServiceStub) -> None:
+    call = stub.KeepAlive(metadata=(("authorization", "Bearer wrong"),))
+    # The refusal may come before the write has gone out (the write fails then) or after.
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await call.write(pb.KeepAliveRequest(service_name="game", instance_id="game-1"))
+    assert await asyncio.wait_for(call.code(), 5) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_shutdown_ends_keepalive_streams_promptly(make_server: ServerFactory) -> None:
+    server_context = make_server()
+    server = await server_context.__aenter__()
+    try:
+        add(server, "game-1")
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive(metadata=GRPC_AUTH)
+            await beat(call, "game-1")
+            started = time.monotonic()
+            await server_context.__aexit__(None, None, None)
+            assert time.monotonic() - started < 2
+            assert await asyncio.wait_for(call.code(), 2) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server_context.__aexit__(None, None, None)
+
+
+CLIENT = textwrap.dedent(
+    """
+    import asyncio, sys
+    import grpc
+    from discovery.v1 import discovery_pb2 as pb, discovery_pb2_grpc as pb_grpc
+
+    async def main(target, secret):
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive(
+                metadata=(("authorization", "Bearer " + secret),))
+            for name in ("game-1", "game-2"):
+                await call.write(pb.KeepAliveRequest(service_name="game", instance_id=name))
+                assert (await call.read()).code == 0
+            print("ready", flush=True)
+            await asyncio.sleep(60)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_a_killed_client_process_makes_its_instances_unhealthy_within_a_second(
+    server: DiscoveryServer,
+) -> None:
+    add(server, "game-1")
+    add(server, "game-2", probed=True)
+    server.core.registry.record_health(
+        server.core.registry.require("game", "game-2"), HealthStatus.HEALTHY, None
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CLIENT,
+        server.grpc_target,
+        SECRET,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 20)
+        assert line.strip() == b"ready"
+        assert status(server, "game-1") is HealthStatus.HEALTHY
+        process.send_signal(signal.SIGKILL)
+        took = await until(
+            lambda: all(status(server, i) is HealthStatus.UNHEALTHY for i in ("game-1", "game-2")),
+            within=1.0,
+        )
+        assert took < 1.0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
