@@ -36,13 +36,11 @@ proto-check: $(STAMP)
 		cmp -s $$tmp/$$f $$f || { echo "stale generated code: $$f (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is fresh"
 
-BENCHES := bench.register_rate
-
 bench: $(STAMP)
-	for b in $(BENCHES); do $(BIN)/python -m $$b || exit 1; done
+	$(BIN)/python -m bench.run
 
 bench-smoke: $(STAMP)
-	for b in $(BENCHES); do $(BIN)/python -m $$b --smoke || exit 1; done
+	$(BIN)/python -m bench.run --smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

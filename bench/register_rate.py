@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -152,13 +152,17 @@ async def main(seconds: float, repeat: int, workers: int) -> str:
     return table(rows)
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--smoke", action="store_true", help="tiny run, to check the script works")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.repeat, args.workers = 0.3, 1, 2
     print(asyncio.run(main(args.seconds, args.repeat, args.workers)))
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,20 +13,17 @@ from pathlib import Path
 
 
 def benches() -> list[str]:
-    """The bench modules, in name order."""
+    """The bench modules (those with a `cli(argv)`), in name order."""
     here = Path(__file__).parent
     names = (info.name for info in pkgutil.iter_modules([str(here)]))
-    return sorted(n for n in names if not n.startswith("_") and n != "run")
+    candidates = sorted(n for n in names if not n.startswith("_") and n != "run")
+    return [n for n in candidates if hasattr(importlib.import_module(f"bench.{n}"), "cli")]
 
 
 def main(argv: Sequence[str]) -> None:
     for name in benches():
-        module = importlib.import_module(f"bench.{name}")
-        cli = getattr(module, "cli", None)
-        if cli is None:
-            continue
         print(f"== bench.{name}", flush=True)
-        cli(list(argv))
+        importlib.import_module(f"bench.{name}").cli(list(argv))
         print(flush=True)
 
 

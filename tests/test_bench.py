@@ -8,15 +8,18 @@ import sys
 
 import pytest
 
+from bench.run import benches
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bench", ["watch_fanout", "keepalive"])
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("bench", benches())
 def test_bench_smoke(bench: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", f"bench.{bench}", "--smoke"],
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=170,
         env={**os.environ, "PYTHONPATH": os.getcwd()},
         check=False,
     )
