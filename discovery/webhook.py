@@ -76,6 +76,10 @@ class WebhookSink:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def pending(self) -> list[dict[str, Any]]:
+        """The notifications waiting for delivery, oldest first."""
+        return list(self._queue)
+
     def __call__(self, event: AlertEvent, alert: Alert, at: float) -> None:
         """Queue one notification; never blocks."""
         if len(self._queue) >= self._queue_size:

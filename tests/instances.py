@@ -1,5 +1,7 @@
 """Fake instances for probe tests: a tiny HTTP/1.1 server on loopback whose answers tests set.
 
+It also takes POSTs (recorded in `posts`), so it stands in for an alert webhook receiver.
+
 async with fake_instances() as fleet:
     fleet.answer("/health", 200, {"status": "UP", "load_percentage": 0.3})
     fleet.answer("/hung", hang=True)
@@ -44,6 +46,7 @@ class FakeInstances:
         self.hits: list[tuple[float, str]] = []
         self.sent: dict[str, int] = {}
         self.connections = 0
+        self.posts: list[tuple[str, bytes]] = []
         self.port = 0
         self.host = "127.0.0.1"
         self._server: asyncio.Server | None = None
@@ -95,8 +98,11 @@ class FakeInstances:
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         head = await reader.readuntil(b"\r\n\r\n")
-        path = head.split(b" ", 2)[1].decode()
+        method, target = head.split(b" ", 2)[:2]
+        path = target.decode()
         self.hits.append((time.monotonic(), path))
+        if method == b"POST":
+            self.posts.append((path, await reader.readexactly(_content_length(head))))
         answer = self.answers.get(path, Answer(404, b"not found"))
         if answer.hang:
             await self._closed.wait()
@@ -120,6 +126,14 @@ class FakeInstances:
         writer.write(answer.body)
         await writer.drain()
         return True
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 @contextlib.asynccontextmanager
