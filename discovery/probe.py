@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from discovery.probe_transport import SpreadTransport
+
 #: At most this much of a probe's body is read; the rest is never downloaded.
 MAX_BODY = 64 * 1024
 
@@ -119,17 +121,14 @@ class HttpProber:
 
     The whole probe (connect, headers and body) must finish within `timeout`: httpx's own
     timeouts bound each read, so a server dripping one byte at a time would otherwise hold a
-    concurrency slot for ever.
+    concurrency slot for ever. `max_connections` should be the most probes ever in flight.
     """
 
     def __init__(self, timeout: float, max_connections: int) -> None:
         self._timeout = timeout
         self._client = httpx.AsyncClient(
+            transport=SpreadTransport(max_connections),
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-            ),
             follow_redirects=False,
             # Probes go straight to the instance: never through a proxy from the environment.
             trust_env=False,
