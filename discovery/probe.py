@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import http.cookiejar
 import json
 import math
 from dataclasses import dataclass
@@ -116,6 +117,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """Keeps no cookie: instances that share a host must not see each other's."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
 class HttpProber:
     """Probes over one shared `httpx.AsyncClient`, so connections to an instance are reused.
 
@@ -132,6 +140,7 @@ class HttpProber:
             follow_redirects=False,
             # Probes go straight to the instance: never through a proxy from the environment.
             trust_env=False,
+            cookies=_NoCookies(),
             # Identity: the 64 KiB cap is on bytes read, so no compressed body can expand past it.
             headers={"Accept-Encoding": "identity", "User-Agent": "service-discovery-probe"},
         )

@@ -47,6 +47,7 @@ class FakeInstances:
         self.sent: dict[str, int] = {}
         self.connections = 0
         self.posts: list[tuple[str, bytes]] = []
+        self.heads: list[bytes] = []
         self.port = 0
         self.host = "127.0.0.1"
         self._server: asyncio.Server | None = None
@@ -98,6 +99,7 @@ class FakeInstances:
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
         method, target = head.split(b" ", 2)[:2]
         path = target.decode()
         self.hits.append((time.monotonic(), path))

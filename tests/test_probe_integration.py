@@ -298,3 +298,11 @@ async def test_heartbeat_only_instances_are_not_probed(
         await asyncio.sleep(0.5)
         assert fleet.hits == []
         assert await healthy_ids(client) == ["game-1"]
+
+
+async def test_cookies_are_neither_kept_nor_sent(fleet: FakeInstances, prober: HttpProber) -> None:
+    fleet.answer("/a", 200, "OK", headers={"Set-Cookie": "session=1; Path=/"})
+    fleet.answer("/b", 200, "OK")
+    assert (await prober.probe(at(fleet, "/a"))).passed
+    assert (await prober.probe(at(fleet, "/b"))).passed
+    assert b"cookie" not in fleet.heads[-1].lower()
