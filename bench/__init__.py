@@ -1,0 +1,1 @@
+"""Benchmarks: run `python -m bench.<name> --help`; `make bench` runs them all."""
