@@ -31,10 +31,11 @@ class SpreadTransport(httpx.AsyncBaseTransport):
         self._pools = [
             httpx.AsyncHTTPTransport(verify=context, limits=single) for _ in range(connections)
         ]
-        # Free pools, most recently used last (their connections are the likeliest alive).
+        # Free pools, most recently used last (their connections are the likeliest alive), and
+        # the same by the origin each last talked to, so a probe finds a warm connection in O(1).
         self._free: dict[int, None] = dict.fromkeys(range(connections))
+        self._free_for: dict[Origin, dict[int, None]] = {}
         self._origin_of: list[Origin | None] = [None] * connections
-        self._pool_of: dict[Origin, int] = {}
         self._busy = [0] * connections
         self._spill = 0
 
@@ -64,27 +65,39 @@ class SpreadTransport(httpx.AsyncBaseTransport):
 
     def _acquire(self, scheme: bytes, host: bytes, port: int | None) -> int:
         origin = (scheme, host, port)
-        index = self._pool_of.get(origin)
-        if index is not None and index in self._free:
+        warm = self._free_for.get(origin)
+        if warm:
+            index, _ = warm.popitem()
             del self._free[index]
-        elif self._free:
-            index, _ = self._free.popitem()
         else:
-            # Over the limit: share a pool (its requests queue for the connection).
-            self._spill = index = (self._spill + 1) % len(self._pools)
-        self._busy[index] += 1
-        previous = self._origin_of[index]
-        if previous != origin:
-            if previous is not None and self._pool_of.get(previous) == index:
-                del self._pool_of[previous]
+            if self._free:
+                index, _ = self._free.popitem()
+                self._forget(index)
+            else:
+                # Over the limit: share a pool (its requests queue for the connection).
+                self._spill = index = (self._spill + 1) % len(self._pools)
             self._origin_of[index] = origin
-        self._pool_of[origin] = index
+        self._busy[index] += 1
         return index
+
+    def _forget(self, index: int) -> None:
+        """`index` is taken for another origin: no longer a free pool of its old one."""
+        previous = self._origin_of[index]
+        warm = None if previous is None else self._free_for.get(previous)
+        if previous is None or warm is None:
+            return
+        warm.pop(index, None)
+        if not warm:
+            del self._free_for[previous]
 
     def _release(self, index: int) -> None:
         self._busy[index] -= 1
-        if not self._busy[index]:
-            self._free[index] = None
+        if self._busy[index]:
+            return
+        self._free[index] = None
+        origin = self._origin_of[index]
+        if origin is not None:
+            self._free_for.setdefault(origin, {})[index] = None
 
 
 class _Releasing(httpx.AsyncByteStream):

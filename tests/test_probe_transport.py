@@ -71,3 +71,16 @@ async def test_past_its_size_requests_share_pools(fleet: FakeInstances) -> None:
         assert [r.status_code for r in responses] == [200] * 5
         assert fleet.connections <= 2
         assert transport.available == 2
+
+
+async def test_a_request_prefers_a_free_connection_to_its_origin(fleet: FakeInstances) -> None:
+    transport = SpreadTransport(3)
+    async with fake_instances() as other, client(transport) as http:
+        other.answer("/slower", 200, "OK", delay=0.4)
+        here, there = f"http://127.0.0.1:{fleet.port}/slow", f"http://127.0.0.1:{other.port}/slower"
+        for _ in range(2):
+            # The pool freed last talks to the other origin: the two requests must still
+            # find the two warm connections to theirs.
+            await asyncio.gather(http.get(here), http.get(here), http.get(there))
+            await asyncio.gather(http.get(here), http.get(here))
+        assert (fleet.connections, other.connections) == (2, 1)
