@@ -34,6 +34,8 @@ log = logging.getLogger("discovery.health")
 RECHECK_DELAY = 1.0
 #: Extra time a probe gets past the probe timeout before the monitor gives up on the prober.
 DEADLINE_SLACK = 1.0
+#: Pause after a scheduling step failed, before the next try.
+RETRY_AFTER_ERROR = 0.1
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -119,12 +121,19 @@ class HealthMonitor:
         try:
             while True:
                 self._wake.clear()
-                delay = self.tick()
+                delay = self._step()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
         finally:
             await self._stop(owned)
+
+    def _step(self) -> float:
+        try:
+            return self.tick()
+        except Exception:  # a scheduling bug must not end health checking for good
+            log.exception("Health monitor step failed")
+            return RETRY_AFTER_ERROR
 
     async def _stop(self, owned: bool) -> None:
         for task in self._tasks:

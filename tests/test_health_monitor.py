@@ -436,3 +436,31 @@ async def test_a_probe_asked_for_during_a_probe_follows_it(make_rig: Any) -> Non
     assert instance.status is HealthStatus.HEALTHY
     await rig.run_for(31)
     assert len(rig.prober.calls) == 3  # and it keeps its turn on the wheel
+
+
+async def test_the_run_loop_survives_a_failing_step(
+    make_rig: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = make_rig()
+    schedule = rig.monitor._schedule
+    take = schedule.take
+    failures = iter([RuntimeError("bug")])
+
+    def flaky(now: float, free: int) -> Any:
+        for failure in failures:
+            raise failure
+        return take(now, free)
+
+    monkeypatch.setattr(schedule, "take", flaky)
+    task = asyncio.create_task(rig.monitor.run())
+    try:
+        instance = rig.register(9001)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if instance.status is HealthStatus.HEALTHY:
+                break
+        assert instance.status is HealthStatus.HEALTHY
+        assert "Health monitor step failed" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
