@@ -76,6 +76,7 @@ class HealthMonitor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._in_flight = 0
+        #: Probes started so far (for benches and diagnostics).
         self.probes_sent = 0
 
     # -- what the registry calls ------------------------------------------------------------
