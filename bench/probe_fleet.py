@@ -84,7 +84,7 @@ class Options:
 
 
 @contextlib.asynccontextmanager
-async def fleet_process(options: Options) -> AsyncIterator[list[int]]:
+async def fleet_process(options: Options) -> AsyncIterator[tuple[list[int], int]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -99,7 +99,7 @@ async def fleet_process(options: Options) -> AsyncIterator[list[int]]:
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
-        yield [int(port) for port in line.rsplit(" ", 1)[1].split(",")]
+        yield [int(port) for port in line.rsplit(" ", 1)[1].split(",")], process.pid
     finally:
         await _end(process)
 
@@ -247,9 +247,14 @@ def probe_figures(hits: list[list[float]], start: float, end: float) -> dict[str
     }
 
 
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 async def run(options: Options) -> dict[str, Any]:
     async with (
-        fleet_process(options) as ports,
+        fleet_process(options) as (ports, fleet_pid),
         server_process(options) as (url, pid, log_lines),
         httpx.AsyncClient(base_url=url, timeout=10, trust_env=False) as client,
     ):
@@ -258,18 +263,23 @@ async def run(options: Options) -> dict[str, Any]:
         await register_all(client, options, ports)
         registered = time.monotonic()
         await asyncio.sleep(options.warmup)
-        server = psutil.Process(pid)
-        cpu_before, window_start = server.cpu_times(), time.monotonic()
+        processes = [psutil.Process(pid), psutil.Process(fleet_pid), psutil.Process()]
+        cpu_before, window_start = [_cpu(p) for p in processes], time.monotonic()
         latencies = await sample_reads(client, options, window_start + options.duration)
-        window_end, cpu_after = time.monotonic(), server.cpu_times()
+        window_end, cpu_after = time.monotonic(), [_cpu(p) for p in processes]
         healthy = await healthy_count(client, options)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as fleet:
             hits = (await fleet.get("/__hits", timeout=30)).json()
-    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    window = window_end - window_start
+    server_cpu, fleet_cpu, bench_cpu = (
+        (after - before) / window for before, after in zip(cpu_before, cpu_after, strict=True)
+    )
     return {
         "register_seconds": registered - started,
-        "window_seconds": window_end - window_start,
-        "server_cpu": cpu / (window_end - window_start),
+        "window_seconds": window,
+        "server_cpu": server_cpu,
+        "fleet_cpu": fleet_cpu,
+        "bench_cpu": bench_cpu,
         "read_p50": percentile(latencies, 0.50),
         "read_p99": percentile(latencies, 0.99),
         "read_max": max(latencies),
@@ -295,7 +305,8 @@ def report(options: Options, figures: dict[str, Any]) -> str:
         f"(cv {figures['per_second_cv']:.3f})",
         f"gap between probes of one instance: p1 {figures['gap_p1']:.2f}s p50 "
         f"{figures['gap_p50']:.2f}s p99 {figures['gap_p99']:.2f}s max {figures['gap_max']:.2f}s",
-        f"server CPU: {figures['server_cpu'] * 100:.0f}% of one core",
+        f"server CPU: {figures['server_cpu'] * 100:.0f}% of one core (fleet "
+        f"{figures['fleet_cpu'] * 100:.0f}%, bench client {figures['bench_cpu'] * 100:.0f}%)",
         f"REST GET /healthy ({options.instances // options.services} instances per service, "
         f"{figures['reads']} reads): p50 {figures['read_p50'] * ms:.1f}ms p99 "
         f"{figures['read_p99'] * ms:.1f}ms max {figures['read_max'] * ms:.1f}ms",
