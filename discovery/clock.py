@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -28,3 +29,8 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+
+def iso8601(timestamp: float) -> str:
+    """UNIX seconds as ISO 8601 in UTC with an explicit offset (`...T17:25:13.858182+00:00`)."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()

@@ -16,10 +16,12 @@ from discovery.auth import Authenticator
 from discovery.clock import Clock, SystemClock
 from discovery.config import Settings
 from discovery.errors import ShuttingDown
+from discovery.health_monitor import HealthMonitor
 from discovery.load import ProcessLoad
 from discovery.model import Alert, Instance, Registration
 from discovery.registry import Registry
 from discovery.watch import WatchHub
+from discovery.webhook import WebhookSink
 
 log = logging.getLogger("discovery.core")
 
@@ -42,6 +44,12 @@ class DiscoveryCore:
         self.auth = Authenticator(settings.secret)
         self.alert_book = AlertBook(settings.critical_load_threshold, self.clock.time)
         self.registry.subscribe(self.alert_book)
+        self.monitor = HealthMonitor(settings, self.registry, self.clock)
+        self.registry.probes = self.monitor
+        self.webhook: WebhookSink | None = None
+        if settings.alert_webhook_url:
+            self.webhook = WebhookSink(settings.alert_webhook_url)
+            self.alert_book.add_sink(self.webhook)
         self.process_load = ProcessLoad()
         self.shutting_down = False
         self._shutdown_hooks: list[Callable[[], None]] = []
@@ -96,9 +104,12 @@ class DiscoveryCore:
         self._tasks.append(task)
 
     async def start(self) -> None:
-        """Start the background work: TTL sweeps and the process load meter."""
+        """Start the background work: TTL sweeps, the load meter, probes and alert delivery."""
         self.spawn("registry-sweeper", self._sweep_forever)
         self.spawn("process-load", self.process_load.run)
+        self.spawn("health-monitor", self.monitor.run)
+        if self.webhook is not None:
+            self.spawn("alert-webhook", self.webhook.run)
 
     def begin_shutdown(self) -> None:
         """Refuse new streams and tell the hooks; idempotent."""

@@ -26,6 +26,7 @@ from discovery.config import ENV_VARS, ConfigError, Settings
 from discovery.core import DiscoveryCore
 from discovery.grpc_api import build_server
 from discovery.grpc_health import HealthService
+from discovery.heap import settle_heap
 from gateway_rest.app import create_app
 
 log = logging.getLogger("discovery")
@@ -163,6 +164,7 @@ async def serve(settings: Settings) -> None:
     server = DiscoveryServer(settings)
     try:
         await server.start()
+        settle_heap()
         await stop.wait()
     finally:
         await server.stop()

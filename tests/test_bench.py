@@ -10,6 +10,11 @@ import pytest
 
 from bench.run import benches
 
+#: What each bench's tiny run must print (its figures against their baseline or target).
+EXPECTED = {
+    "probe_fleet": ["probes/s:", "gap between probes", "server CPU:", "p99", "healthy at the end"],
+}
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
@@ -24,4 +29,5 @@ def test_bench_smoke(bench: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ratio" in result.stdout
+    for figure in EXPECTED.get(bench, ["ratio"]):
+        assert figure in result.stdout, result.stdout

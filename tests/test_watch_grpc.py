@@ -69,7 +69,9 @@ async def test_snapshot_then_live_events(
     assert dict(snapshot.events[1].instance.metadata) == {"zone": "eu"}
     assert snapshot.events[0].instance.status == pb.HEALTH_STATUS_HEALTHY
     await stub.Register(
-        pb.RegisterRequest(service_name="game", instance_id="game-3", host="::1", port=9),
+        pb.RegisterRequest(
+            service_name="game", instance_id="game-3", host="::1", port=9, health_endpoint=""
+        ),
         metadata=GRPC_AUTH,
     )
     live = await read(call)
