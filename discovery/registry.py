@@ -264,10 +264,12 @@ class Registry:
         instance.metadata = metadata
         self._mark_seen(instance)
         if moved:
+            # Another address is another process: nothing known of the old one carries over.
+            # At the same address the instance keeps its health, even under a new endpoint.
+            instance.status = HealthStatus.UNKNOWN
             instance.load_percentage = 0.0
         if retarget:
             self._severed.discard(instance.key)
-            instance.status = HealthStatus.UNKNOWN
             if instance.heartbeat_only:
                 self.probes.drop(instance.key)
             else:

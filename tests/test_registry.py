@@ -120,6 +120,32 @@ def test_reregistering_at_a_new_address_resets_health_and_probes_at_once() -> No
     assert seen[-1].healthy_before
 
 
+def test_a_new_endpoint_at_the_same_address_keeps_health_and_probes_at_once() -> None:
+    registry, _, seen = make()
+    probes = Probes()
+    registry.probes = probes
+    instance, _ = registry.register(reg())
+    registry.record_health(instance, HealthStatus.HEALTHY, 0.3)
+    registry.register(reg(endpoint="/ready"))
+    assert instance.status is HealthStatus.HEALTHY
+    assert instance.load_percentage == 0.3
+    assert probes.soon == [instance.key, instance.key]
+    assert seen[-1].instance.health_endpoint == "/ready"
+
+
+def test_turning_heartbeat_only_drops_the_probes_and_back() -> None:
+    registry, _, _ = make()
+    probes = Probes()
+    registry.probes = probes
+    instance, _ = registry.register(reg())
+    registry.register(reg(endpoint=None))
+    assert probes.dropped == [instance.key]
+    assert instance.status is HealthStatus.HEALTHY
+    registry.register(reg(endpoint="/health"))
+    assert probes.soon == [instance.key, instance.key]
+    assert instance.status is HealthStatus.HEALTHY  # same address: keeps its health
+
+
 def test_metadata_change_is_a_put() -> None:
     registry, _, seen = make()
     registry.register(reg())
