@@ -66,7 +66,12 @@ class Registry:
         self._beating: OrderedDict[Key, float] = OrderedDict()
         # Instances downed by a broken KeepAlive stream, waiting for a sign of life.
         self._severed: set[Key] = set()
+        # Versions for caches of encoded answers: they move on every change, timestamps
+        # included. Drawn from one counter, so a service that goes and comes back never
+        # repeats a version it had.
+        self._touches = itertools.count(1)
         self._versions: dict[str, int] = {}
+        self._version = 0
         self._listeners: list[Listener] = []
         self.probes: ProbeTargets = _NoProbes()
 
@@ -113,8 +118,14 @@ class Registry:
             yield from instances.values()
 
     def service_version(self, service_name: str) -> int:
-        """Changes whenever anything about the service changes, timestamps included."""
+        """Changes whenever anything about the service changes, timestamps included; 0 while
+        the service has no instances."""
         return self._versions.get(service_name, 0)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever anything in the registry changes, timestamps included."""
+        return self._version
 
     def changes_since(self, revision: int) -> list[Change] | None:
         """The changes after `revision`, or None when the history cannot tell them all."""
@@ -302,7 +313,7 @@ class Registry:
         self._beating.move_to_end(key)
 
     def _touch(self, service_name: str) -> None:
-        self._versions[service_name] = self._versions.get(service_name, 0) + 1
+        self._version = self._versions[service_name] = next(self._touches)
 
     def _settle(self, instance: Instance, healthy_before: bool, force: bool = False) -> None:
         """Re-evaluate critical load and publish when a watcher could see the difference."""
@@ -335,6 +346,8 @@ class Registry:
         self._severed.discard(key)
         self.probes.drop(key)
         self._touch(instance.service_name)
+        if instance.service_name not in self._services:
+            del self._versions[instance.service_name]
         healthy_before = instance.healthy
         instance.critical_load = False
         instance.critical_since = None

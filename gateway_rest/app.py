@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from discovery.core import DiscoveryCore
 from gateway_rest import errors
 from gateway_rest.guard import WriteGuard
+from gateway_rest.hot import HotPaths
 from gateway_rest.routers import health_router, router
 from gateway_rest.sse import router as watch_router
 
@@ -25,6 +26,8 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     app.include_router(watch_router)
     app.include_router(health_router)
     errors.install(app)
+    # Starlette runs the last added outermost: the guard first, then the hot paths.
+    app.add_middleware(HotPaths, core=core)
     app.add_middleware(WriteGuard, auth=core.auth)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

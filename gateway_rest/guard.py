@@ -51,11 +51,11 @@ class WriteGuard:
         except AuthError as exc:
             await _reply(send, 401, {"detail": exc.message}, [(b"www-authenticate", b"Bearer")])
             return
-        body = await _read_body(receive, self.max_body)
+        body = await read_body(receive, self.max_body)
         if body is None:
             await _reply(send, 413, {"detail": "Request body too large"})
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
 
 def _headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, str | None]:
@@ -72,7 +72,7 @@ def _headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, str | 
     return length, authorization
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int | None) -> bytes | None:
     """The whole request body, or None once it passes `limit` bytes."""
     chunks: list[bytes] = []
     size = 0
@@ -82,14 +82,15 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
+        if limit is not None and size > limit:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands out `body` (already read) first, then defers to `receive`."""
     sent = False
 
     async def replay() -> Message:

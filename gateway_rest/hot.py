@@ -1,0 +1,149 @@
+"""The busiest requests answered without the framework's per-request machinery.
+
+Heartbeats and discovery reads make up nearly all of a discovery server's traffic. This ASGI
+layer, inside the write guard (so size and credentials are already checked), answers them
+straight from the core:
+
+- `POST /v1/discovery/heartbeat` when the body is a JSON object that the route's own pydantic
+  model accepts and the instance exists;
+- `GET /v1/discovery/services`, `/services/{name}` and `/services/{name}/healthy`, from bodies
+  encoded once by the routes' own response models and cached until the registry's version for
+  them moves.
+
+Everything else, every error included, goes on to the FastAPI routes, which stay the one
+definition of the API (OpenAPI, validation errors, status codes). A hot answer is byte for byte
+the answer the route would give: the same models serialize it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from discovery.core import DiscoveryCore
+from discovery.errors import DiscoveryError
+from gateway_rest.guard import read_body, replay
+from gateway_rest.schemas import (
+    HealthyResponse,
+    HeartbeatRequest,
+    InstanceRecord,
+    Outcome,
+    ServiceResponse,
+    ServicesResponse,
+)
+
+_SERVICES = "/v1/discovery/services"
+_HEARTBEAT = "/v1/discovery/heartbeat"
+_HEARTBEAT_OK = Outcome(success=True, message="Heartbeat updated successfully")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+#: Encoded answers kept (per kind); past this the oldest are dropped.
+CACHE_SIZE = 4096
+
+
+class HotPaths:
+    """Answers heartbeats and discovery reads from the core; passes everything else on."""
+
+    def __init__(self, app: ASGIApp, core: DiscoveryCore) -> None:
+        self.app = app
+        self.core = core
+        self._ok = _HEARTBEAT_OK.__pydantic_serializer__.to_json(_HEARTBEAT_OK)
+        self._cache: dict[tuple[str, str], tuple[int, bytes]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if method == "GET" and path.startswith(_SERVICES):
+                body = self._read(path)
+                if body is not None:
+                    await _reply(send, body)
+                    return
+            elif method == "POST" and path == _HEARTBEAT:
+                await self._heartbeat(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    # -- heartbeats -------------------------------------------------------------------------
+
+    async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive, limit=None)
+        if _is_json(scope) and self._beat(body):
+            await _reply(send, self._ok)
+        else:
+            await self.app(scope, replay(body or b"", receive), send)
+
+    def _beat(self, body: bytes | None) -> bool:
+        """Apply a plainly valid heartbeat; False leaves the request to the route."""
+        try:
+            request = HeartbeatRequest.model_validate_json(body or b"")
+            self.core.heartbeat(request.service_name, request.instance_id, request.load_percentage)
+        except (ValidationError, DiscoveryError):
+            return False
+        return True
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _read(self, path: str) -> bytes | None:
+        """The encoded answer to a discovery read, or None for the routes to answer."""
+        registry = self.core.registry
+        if path == _SERVICES:
+            return self._cached("all", "", registry.version, self._all)
+        if not path.startswith(_SERVICES + "/"):
+            return None
+        name, slash, rest = path[len(_SERVICES) + 1 :].partition("/")
+        if not name:
+            return None
+        version = registry.service_version(name)
+        if not slash:
+            if version == 0:
+                return None  # the route's 404
+            return self._cached("service", name, version, lambda: self._service(name))
+        if rest == "healthy":
+            return self._cached("healthy", name, version, lambda: self._healthy(name))
+        return None
+
+    def _cached(self, kind: str, name: str, version: int, build: Callable[[], bytes]) -> bytes:
+        key = (kind, name)
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] == version:
+            return entry[1]
+        body = build()
+        if len(self._cache) >= CACHE_SIZE:
+            del self._cache[next(iter(self._cache))]
+        self._cache[key] = (version, body)
+        return body
+
+    def _all(self) -> bytes:
+        services = {
+            name: [InstanceRecord.of(i) for i in instances]
+            for name, instances in self.core.registry.services().items()
+        }
+        return _encode(ServicesResponse(services=services))
+
+    def _service(self, name: str) -> bytes:
+        instances = [InstanceRecord.of(i) for i in self.core.registry.instances(name)]
+        return _encode(ServiceResponse(service_name=name, instances=instances))
+
+    def _healthy(self, name: str) -> bytes:
+        healthy = [InstanceRecord.of(i) for i in self.core.registry.healthy(name)]
+        return _encode(HealthyResponse(service_name=name, healthy_instances=healthy))
+
+
+def _encode(model: ServicesResponse | ServiceResponse | HealthyResponse) -> bytes:
+    return model.__pydantic_serializer__.to_json(model)
+
+
+def _is_json(scope: Scope) -> bool:
+    """The body is declared JSON, as FastAPI requires before it parses one."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media: bytes = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return False
+
+
+async def _reply(send: Send, body: bytes) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
