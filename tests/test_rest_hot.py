@@ -1,4 +1,4 @@
-"""The hot paths answer byte for byte as the FastAPI routes do, and leave everything else to them."""
+"""The hot paths answer byte for byte as the FastAPI routes do, and leave the rest to them."""
 
 from __future__ import annotations
 
