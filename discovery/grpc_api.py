@@ -8,7 +8,7 @@ Translation only: requests become calls on `DiscoveryCore`, core errors become s
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -17,10 +17,10 @@ from grpc_reflection.v1alpha import reflection
 
 from discovery import validation
 from discovery.core import DiscoveryCore
-from discovery.errors import AuthError, DiscoveryError
+from discovery.errors import DiscoveryError
 from discovery.grpc_codec import alert_to_pb, duration, instance_to_pb
 from discovery.grpc_health import HEALTH_SERVICE_NAME, HealthService
-from discovery.grpc_status import STATUS_FOR, status_for
+from discovery.grpc_status import STATUS_FOR, authorization, status_for
 from discovery.grpc_streams import as_bytes, keep_alive, watch
 from discovery.keepalive import KeepAliveSessions
 from discovery.model import DEFAULT_HEALTH_ENDPOINT
@@ -28,10 +28,6 @@ from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["DiscoveryService"].full_name
-WRITE_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{method}" for method in ("Register", "Heartbeat", "Unregister", "KeepAlive")
-)
-STREAMING_WRITES = frozenset({f"/{SERVICE_NAME}/KeepAlive"})
 
 #: gRPC queues at most 1,000 calls (3,000 at worst) that arrived before the server took them up.
 #: When thousands of watchers reconnect at once (a restart), calls past that were seen to hang on
@@ -41,26 +37,40 @@ BURST_OPTIONS = [
     ("grpc.server.max_pending_requests_hard_limit", 50_000),
 ]
 
-__all__ = ["STATUS_FOR", "AuthInterceptor", "DiscoveryServicer", "build_server", "status_for"]
+__all__ = ["STATUS_FOR", "DiscoveryServicer", "authorization", "build_server", "status_for"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[[Any, Request, Context], Awaitable[Response]]
+SyncHandler = Callable[[Any, Request, Context], Response]
 
 
-def _translated(method: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Turn core errors raised by a unary handler into the matching status."""
+def _unary(
+    *, write: bool
+) -> Callable[[SyncHandler[Request, Response]], Handler[Request, Response]]:
+    """Make a unary RPC of a plain method: writes check the secret first (the same check as
+    REST's), and core errors become the matching status.
 
-    @functools.wraps(method)
-    async def handler(self: Any, request: Request, context: Context) -> Response:
-        try:
-            return await method(self, request, context)
-        except DiscoveryError as exc:
-            await context.abort(status_for(exc), exc.message)
-            raise  # abort() raises; this line only satisfies the type checker
+    The check runs in the handler rather than in a server interceptor: grpc.aio runs an
+    interceptor through extra coroutines on every call, reads included, which cost about a
+    sixth of the unary throughput.
+    """
 
-    return handler
+    def wrap(method: SyncHandler[Request, Response]) -> Handler[Request, Response]:
+        @functools.wraps(method)
+        async def handler(self: Any, request: Request, context: Context) -> Response:
+            try:
+                if write:
+                    self.core.auth.check(authorization(context))
+                return method(self, request, context)
+            except DiscoveryError as exc:
+                await context.abort(status_for(exc), exc.message)
+                raise  # abort() raises; this line only satisfies the type checker
+
+        return handler
+
+    return wrap
 
 
 class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
@@ -70,8 +80,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
         self.core = core
         self.keepalive_sessions = KeepAliveSessions(core)
 
-    @_translated
-    async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
+    @_unary(write=True)
+    def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
         endpoint = (
             request.health_endpoint
             if request.HasField("health_endpoint")
@@ -93,10 +103,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             ttl=duration(settings.registration_ttl),
         )
 
-    @_translated
-    async def Heartbeat(
-        self, request: pb.HeartbeatRequest, context: Context
-    ) -> pb.HeartbeatResponse:
+    @_unary(write=True)
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
         validation.check_service_name(request.service_name)
         validation.check_instance_id(request.instance_id)
         load = (
@@ -107,15 +115,13 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
         instance = self.core.heartbeat(request.service_name, request.instance_id, load)
         return pb.HeartbeatResponse(instance=instance_to_pb(instance))
 
-    @_translated
-    async def Unregister(
-        self, request: pb.UnregisterRequest, context: Context
-    ) -> pb.UnregisterResponse:
+    @_unary(write=True)
+    def Unregister(self, request: pb.UnregisterRequest, context: Context) -> pb.UnregisterResponse:
         self.core.unregister(request.service_name, request.instance_id)
         return pb.UnregisterResponse()
 
-    @_translated
-    async def ListServices(
+    @_unary(write=False)
+    def ListServices(
         self, request: pb.ListServicesRequest, context: Context
     ) -> pb.ListServicesResponse:
         registry = self.core.registry
@@ -127,10 +133,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             revision=registry.revision,
         )
 
-    @_translated
-    async def GetService(
-        self, request: pb.GetServiceRequest, context: Context
-    ) -> pb.GetServiceResponse:
+    @_unary(write=False)
+    def GetService(self, request: pb.GetServiceRequest, context: Context) -> pb.GetServiceResponse:
         registry = self.core.registry
         instances = registry.instances(request.service_name)
         if request.healthy_only:
@@ -141,56 +145,14 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             revision=registry.revision,
         )
 
-    @_translated
-    async def ListAlerts(
-        self, request: pb.ListAlertsRequest, context: Context
-    ) -> pb.ListAlertsResponse:
+    @_unary(write=False)
+    def ListAlerts(self, request: pb.ListAlertsRequest, context: Context) -> pb.ListAlertsResponse:
         return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
 
     # The streaming RPCs (discovery.grpc_streams), bound as methods: grpc.aio needs async
     # generator functions, and Watch yields pre-serialized bytes (see _WatchAsBytes).
     KeepAlive = keep_alive  # type: ignore[assignment]
     Watch = watch  # type: ignore[assignment]
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses writes without `authorization: Bearer <secret>` metadata (UNAUTHENTICATED)."""
-
-    def __init__(self, core: DiscoveryCore) -> None:
-        self._auth = core.auth
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        method = handler_call_details.method
-        if method in WRITE_METHODS:
-            authorization = None
-            for key, value in handler_call_details.invocation_metadata or ():
-                if key == "authorization":
-                    authorization = value if isinstance(value, str) else value.decode("latin-1")
-                    break
-            try:
-                self._auth.check(authorization)
-            except AuthError as exc:
-                return _refusal(exc.message, streaming=method in STREAMING_WRITES)
-        return await continuation(handler_call_details)
-
-
-def _refusal(message: str, streaming: bool) -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(request: Any, context: Context) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def refuse_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover  # makes this an async generator
-
-    if streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 def build_server(
@@ -200,9 +162,7 @@ def build_server(
 
     Call inside the running event loop.
     """
-    interceptors = [] if core.auth.open else [AuthInterceptor(core)]
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),

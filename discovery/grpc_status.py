@@ -1,6 +1,9 @@
-"""The one mapping from the core's error tree to gRPC status codes."""
+"""What every gRPC handler shares: the one mapping from the core's error tree to status codes,
+and the credentials a call carries."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 
@@ -28,3 +31,11 @@ def status_for(exc: DiscoveryError) -> grpc.StatusCode:
         if isinstance(exc, kind):
             return code
     return grpc.StatusCode.UNKNOWN
+
+
+def authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The `authorization` metadata of a call, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None

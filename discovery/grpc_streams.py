@@ -22,7 +22,7 @@ import grpc
 from discovery.core import DiscoveryCore
 from discovery.errors import DiscoveryError
 from discovery.grpc_codec import EVENT_TO_PB, instance_to_pb
-from discovery.grpc_status import status_for
+from discovery.grpc_status import authorization, status_for
 from discovery.keepalive import KeepAliveSession, KeepAliveSessions
 from discovery.v1 import discovery_pb2 as pb
 from discovery.watch import WatchBatch, WatchEvent, WatchSelector
@@ -185,6 +185,7 @@ async def keep_alive(
     an open stream never holds up the server's stop."""
     sessions = servicer.keepalive_sessions
     try:
+        servicer.core.auth.check(authorization(context))
         session = sessions.open()
     except DiscoveryError as exc:
         await context.abort(status_for(exc), exc.message)
