@@ -41,8 +41,9 @@ class Instance:
     """One registered instance.
 
     The registry owns and mutates these in place; everything it hands to watchers is a
-    `snapshot()`. Times are UNIX seconds (wall clock), `None` until they first happen.
-    `revision` is the registry revision of the last change a watcher could see.
+    `snapshot()`, and `published` is the last one it handed out. Times are UNIX seconds (wall
+    clock), `None` until they first happen. `revision` is the registry revision of the last
+    change a watcher could see. Instances compare and hash by identity.
     """
 
     service_name: str
@@ -59,6 +60,7 @@ class Instance:
     last_heartbeat: float | None = None
     last_health_check: float | None = None
     revision: int = 0
+    published: Instance | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -17,6 +17,8 @@ from discovery.alerts import CriticalLoadPolicy
 from discovery.clock import Clock
 from discovery.config import Settings
 from discovery.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
+from discovery.interning import MetadataPool, name
+from discovery.liveness import Deadlines
 from discovery.model import Change, EventType, HealthStatus, Instance, Registration
 
 log = logging.getLogger("discovery.registry")
@@ -58,14 +60,13 @@ class Registry:
         # A counter started from the clock never goes back across restarts.
         self._revision = int(clock.time() * 1_000_000)
         self._history: deque[Change] = deque(maxlen=settings.watch_history_size)
-        # What watchers were last told of each instance's status and load.
-        self._published: dict[Key, tuple[HealthStatus, float]] = {}
-        # Last registration or heartbeat, oldest first (monotonic time never goes back).
-        self._seen: OrderedDict[Key, float] = OrderedDict()
-        # Healthy heartbeat-only instances, oldest heartbeat first.
-        self._beating: OrderedDict[Key, float] = OrderedDict()
+        self._metadata = MetadataPool()
+        # Every instance by its last registration or heartbeat (for the TTL) ...
+        self._seen = Deadlines()
+        # ... and the healthy heartbeat-only ones (for their heartbeat grace).
+        self._beating = Deadlines()
         # Instances downed by a broken KeepAlive stream, waiting for a sign of life.
-        self._severed: set[Key] = set()
+        self._severed: set[Instance] = set()
         # Versions for caches of encoded answers: they move on every change, timestamps
         # included. Drawn from one counter, so a service that goes and comes back never
         # repeats a version it had.
@@ -154,12 +155,12 @@ class Registry:
             return self._reregister(existing, registration), False
         self._check_limits(registration.service_name)
         instance = Instance(
-            service_name=registration.service_name,
+            service_name=name(registration.service_name),
             instance_id=registration.instance_id,
-            host=registration.host,
+            host=name(registration.host),
             port=registration.port,
             health_endpoint=registration.health_endpoint,
-            metadata=registration.metadata or {},
+            metadata=self._metadata.share(registration.metadata),
             registered_at=self._clock.time(),
         )
         self._services.setdefault(instance.service_name, {})[instance.instance_id] = instance
@@ -202,7 +203,7 @@ class Registry:
         if load is not None:
             instance.load_percentage = load
         if status is not None and not (
-            status is HealthStatus.HEALTHY and instance.key in self._severed
+            status is HealthStatus.HEALTHY and instance in self._severed
         ):
             instance.status = status
         self._settle(instance, healthy_before)
@@ -213,8 +214,8 @@ class Registry:
             instance = self.get(*key)
             if instance is None:
                 continue
-            self._severed.add(key)
-            self._beating.pop(key, None)
+            self._severed.add(instance)
+            self._beating.discard(instance)
             healthy_before = instance.healthy
             instance.status = HealthStatus.UNHEALTHY
             self._settle(instance, healthy_before)
@@ -226,19 +227,15 @@ class Registry:
         """
         now = self._clock.monotonic()
         ttl = self._settings.registration_ttl
-        while self._seen:
-            key, seen = next(iter(self._seen.items()))
-            if seen + ttl > now:
-                break
-            log.info("Registration of %s:%s expired (no heartbeat for %ss)", *key, ttl)
-            self._remove(self.require(*key))
-        grace = self._settings.heartbeat_grace
-        while self._beating:
-            key, seen = next(iter(self._beating.items()))
-            if seen + grace > now:
-                break
-            del self._beating[key]
-            instance = self.require(*key)
+        for instance in self._seen.silent_since(now - ttl):
+            log.info(
+                "Registration of %s:%s expired (no heartbeat for %ss)",
+                instance.service_name,
+                instance.instance_id,
+                ttl,
+            )
+            self._remove(instance)
+        for instance in self._beating.silent_since(now - self._settings.heartbeat_grace):
             instance.status = HealthStatus.UNHEALTHY
             self._settle(instance, healthy_before=True)
         return self._next_deadline(now)
@@ -247,10 +244,10 @@ class Registry:
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [now + self._settings.registration_ttl]
-        if self._seen:
-            deadlines.append(next(iter(self._seen.values())) + self._settings.registration_ttl)
-        if self._beating:
-            deadlines.append(next(iter(self._beating.values())) + self._settings.heartbeat_grace)
+        if (seen := self._seen.first()) is not None:
+            deadlines.append(seen + self._settings.registration_ttl)
+        if (beat := self._beating.first()) is not None:
+            deadlines.append(beat + self._settings.heartbeat_grace)
         return min(deadlines)
 
     def _check_limits(self, service_name: str) -> None:
@@ -266,11 +263,11 @@ class Registry:
 
     def _reregister(self, instance: Instance, registration: Registration) -> Instance:
         healthy_before = instance.healthy
-        metadata = registration.metadata or {}
+        metadata = self._metadata.share(registration.metadata)
         moved = instance.address != (registration.host, registration.port)
         retarget = moved or instance.health_endpoint != registration.health_endpoint
         changed = retarget or instance.metadata != metadata
-        instance.host, instance.port = registration.host, registration.port
+        instance.host, instance.port = name(registration.host), registration.port
         instance.health_endpoint = registration.health_endpoint
         instance.metadata = metadata
         self._mark_seen(instance)
@@ -280,11 +277,11 @@ class Registry:
             instance.status = HealthStatus.UNKNOWN
             instance.load_percentage = 0.0
         if retarget:
-            self._severed.discard(instance.key)
+            self._severed.discard(instance)
             if instance.heartbeat_only:
                 self.probes.drop(instance.key)
             else:
-                self._beating.pop(instance.key, None)
+                self._beating.discard(instance)
         self._revive(instance)
         if retarget and not instance.heartbeat_only:
             self.probes.probe_soon(instance)
@@ -294,23 +291,18 @@ class Registry:
     def _revive(self, instance: Instance) -> None:
         """A registration or heartbeat: bring back what a stale or broken liveness took."""
         if instance.heartbeat_only:
-            self._severed.discard(instance.key)
+            self._severed.discard(instance)
             instance.status = HealthStatus.HEALTHY
-            self._set_beating(instance)
-        elif instance.key in self._severed:
-            self._severed.discard(instance.key)
+            heard = self._seen.last_heard(instance)
+            assert heard is not None  # every registered instance has been heard from
+            self._beating.touch(instance, heard)
+        elif instance in self._severed:
+            self._severed.discard(instance)
             self.probes.probe_soon(instance)
 
     def _mark_seen(self, instance: Instance) -> None:
-        key = instance.key
-        self._seen[key] = self._clock.monotonic()
-        self._seen.move_to_end(key)
+        self._seen.touch(instance, self._clock.monotonic())
         self._touch(instance.service_name)
-
-    def _set_beating(self, instance: Instance) -> None:
-        key = instance.key
-        self._beating[key] = self._seen[key]
-        self._beating.move_to_end(key)
 
     def _touch(self, service_name: str) -> None:
         self._version = self._versions[service_name] = next(self._touches)
@@ -325,12 +317,13 @@ class Registry:
         if critical != was_critical:
             instance.critical_load = critical
             instance.critical_since = self._clock.time() if critical else None
-        status, load = self._published[instance.key]
+        told = instance.published
+        assert told is not None  # published when registered
         if (
             force
             or critical != was_critical
-            or instance.status is not status
-            or abs(instance.load_percentage - load) >= LOAD_PUBLISH_STEP
+            or instance.status is not told.status
+            or abs(instance.load_percentage - told.load_percentage) >= LOAD_PUBLISH_STEP
         ):
             self._publish(instance, healthy_before)
 
@@ -341,9 +334,9 @@ class Registry:
         if not instances:
             del self._services[instance.service_name]
         self._count -= 1
-        self._seen.pop(key, None)
-        self._beating.pop(key, None)
-        self._severed.discard(key)
+        self._seen.discard(instance)
+        self._beating.discard(instance)
+        self._severed.discard(instance)
         self.probes.drop(key)
         self._touch(instance.service_name)
         if instance.service_name not in self._services:
@@ -352,15 +345,15 @@ class Registry:
         instance.critical_load = False
         instance.critical_since = None
         self._publish(instance, healthy_before, EventType.DELETE)
-        del self._published[key]
+        instance.published = None
 
     def _publish(
         self, instance: Instance, healthy_before: bool, kind: EventType = EventType.PUT
     ) -> None:
         self._revision += 1
         instance.revision = self._revision
-        self._published[instance.key] = (instance.status, instance.load_percentage)
-        change = Change(kind, instance.snapshot(), self._revision, healthy_before)
+        instance.published = snapshot = instance.snapshot()
+        change = Change(kind, snapshot, self._revision, healthy_before)
         self._history.append(change)
         for listener in self._listeners:
             try:

@@ -1,0 +1,56 @@
+"""Deadlines by last sign of life: the TTL and heartbeat sweeps look only at the front.
+
+A sign of life (registration, heartbeat) moves an instance to the back, and monotonic time never
+goes back, so the instances stay ordered from the longest silent to the latest heard: a sweep
+stops at the first one still within its span, whatever the size of the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from discovery.model import Instance
+
+
+class Deadlines:
+    """Instances with the monotonic time they were last heard from, oldest first."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self) -> None:
+        # A plain dict keeps insertion order and costs less than an OrderedDict; re-inserting
+        # is how an entry moves to the back. Instances hash by identity.
+        self._at: dict[Instance, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __contains__(self, instance: Instance) -> bool:
+        return instance in self._at
+
+    def touch(self, instance: Instance, at: float) -> None:
+        """`instance` was heard from at `at` (not earlier than any time given before)."""
+        self._at.pop(instance, None)
+        self._at[instance] = at
+
+    def last_heard(self, instance: Instance) -> float | None:
+        return self._at.get(instance)
+
+    def discard(self, instance: Instance) -> None:
+        self._at.pop(instance, None)
+
+    def first(self) -> float | None:
+        """When the longest silent instance was last heard from."""
+        for at in self._at.values():
+            return at
+        return None
+
+    def silent_since(self, before: float) -> Iterator[Instance]:
+        """Take out, oldest first, the instances last heard from at or before `before`."""
+        at = self._at
+        while at:
+            instance, heard = next(iter(at.items()))
+            if heard > before:
+                return
+            del at[instance]
+            yield instance
