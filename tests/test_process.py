@@ -165,3 +165,28 @@ async def test_a_port_in_use_fails_clearly() -> None:
     assert code not in (0, 2)
     assert "Traceback" not in "".join(process.lines)
     assert any(str(port) in line or "in use" in line for line in process.lines)
+
+
+async def test_sigterm_with_open_streams_ends_them_and_exits_0_promptly(running: Process) -> None:
+    rest_url = f"http://127.0.0.1:{running.ports['REST']}"
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.ports['gRPC']}") as channel,
+        httpx.AsyncClient(base_url=rest_url, timeout=10) as rest,
+        rest.stream("GET", "/v1/discovery/watch") as sse,
+    ):
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        watch = stub.Watch(pb.WatchRequest())
+        assert (await watch.read()).reset
+        lines = sse.aiter_lines()
+        assert "RESET" in await anext(line async for line in lines if line.startswith("data:"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        running.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(6):
+            while (await watch.read()) is not grpc.aio.EOF:
+                pass
+            assert await watch.code() == grpc.StatusCode.OK
+            async for _ in lines:  # the SSE stream ends too
+                pass
+            assert await running.finish(within=6) == 0
+        assert loop.time() - started < 5
