@@ -41,25 +41,30 @@ def duration(seconds: float) -> Duration:
 
 
 def instance_to_pb(instance: Instance) -> pb.Instance:
-    message = pb.Instance(
-        service_name=instance.service_name,
-        instance_id=instance.instance_id,
-        host=instance.host,
-        port=instance.port,
-        health_endpoint=instance.health_endpoint or "",
-        status=STATUS_TO_PB[instance.status],
-        load_percentage=instance.load_percentage,
-        critical_load=instance.critical_load,
-        metadata=instance.metadata,
-    )
-    # Set in place: a Timestamp built and then copied in costs twice as much (every heartbeat
-    # answer carries an instance).
+    message = pb.Instance()
+    fill_instance(message, instance)
+    return message
+
+
+def fill_instance(message: pb.Instance, instance: Instance) -> None:
+    """Write `instance` into an empty message in place (cheaper than building one and copying
+    it into a response: every heartbeat answer carries an instance)."""
+    message.service_name = instance.service_name
+    message.instance_id = instance.instance_id
+    message.host = instance.host
+    message.port = instance.port
+    if instance.health_endpoint is not None:
+        message.health_endpoint = instance.health_endpoint
+    message.status = STATUS_TO_PB[instance.status]
+    message.load_percentage = instance.load_percentage
+    message.critical_load = instance.critical_load
+    if instance.metadata:
+        message.metadata.update(instance.metadata)
     _set_time(message.registered_at, instance.registered_at)
     if instance.last_heartbeat is not None:
         _set_time(message.last_heartbeat, instance.last_heartbeat)
     if instance.last_health_check is not None:
         _set_time(message.last_health_check, instance.last_health_check)
-    return message
 
 
 def _set_time(field: Timestamp, seconds: float) -> None:
