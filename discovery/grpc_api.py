@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from discovery import validation
 from discovery.core import DiscoveryCore
 from discovery.errors import DiscoveryError
-from discovery.grpc_codec import alert_to_pb, duration, instance_to_pb
+from discovery.grpc_codec import alert_to_pb, duration, fill_instance, instance_to_pb
 from discovery.grpc_health import HEALTH_SERVICE_NAME, HealthService
 from discovery.grpc_status import STATUS_FOR, authorization, status_for
 from discovery.grpc_streams import as_bytes, keep_alive, watch
@@ -97,11 +97,12 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
         )
         outcome = self.core.register(registration)
         settings = self.core.settings
-        return pb.RegisterResponse(
-            instance=instance_to_pb(outcome.instance),
+        response = pb.RegisterResponse(
             heartbeat_interval=duration(settings.heartbeat_interval),
             ttl=duration(settings.registration_ttl),
         )
+        fill_instance(response.instance, outcome.instance)
+        return response
 
     @_unary(write=True)
     def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
@@ -113,7 +114,9 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             else None
         )
         instance = self.core.heartbeat(request.service_name, request.instance_id, load)
-        return pb.HeartbeatResponse(instance=instance_to_pb(instance))
+        response = pb.HeartbeatResponse()
+        fill_instance(response.instance, instance)
+        return response
 
     @_unary(write=True)
     def Unregister(self, request: pb.UnregisterRequest, context: Context) -> pb.UnregisterResponse:
