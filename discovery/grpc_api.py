@@ -79,6 +79,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     def __init__(self, core: DiscoveryCore) -> None:
         self.core = core
         self.keepalive_sessions = KeepAliveSessions(core)
+        self._interval = duration(core.settings.heartbeat_interval)
+        self._ttl = duration(core.settings.registration_ttl)
 
     @_unary(write=True)
     def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
@@ -93,14 +95,10 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             request.host,
             request.port,
             endpoint or None,
-            request.metadata,
+            dict(request.metadata),  # a plain dict reads far faster than the map
         )
         outcome = self.core.register(registration)
-        settings = self.core.settings
-        response = pb.RegisterResponse(
-            heartbeat_interval=duration(settings.heartbeat_interval),
-            ttl=duration(settings.registration_ttl),
-        )
+        response = pb.RegisterResponse(heartbeat_interval=self._interval, ttl=self._ttl)
         fill_instance(response.instance, outcome.instance)
         return response
 
