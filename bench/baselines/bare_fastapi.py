@@ -1,6 +1,11 @@
 """A bare FastAPI app with the same pydantic models and typed returns, and a plain dict store.
 
-python -m bench.baselines.bare_fastapi     # prints "REST listening on 127.0.0.1:PORT"
+No auth, no registry, no health logic: register, heartbeat and the healthy list of a service,
+each returning the project's response models (FastAPI's `response_model` from the return type),
+on uvicorn with httptools and uvloop as the project's server runs. It is the framework's ceiling
+for the REST figures.
+
+python -m bench.baselines.bare_fastapi     # logs "REST listening on 127.0.0.1:PORT"
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from datetime import UTC, datetime
 
 import uvicorn
 import uvloop
@@ -20,8 +26,11 @@ from gateway_rest.schemas import (
     Outcome,
     RegisterRequest,
     RegisterResponse,
-    iso,
 )
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 def create_app() -> FastAPI:
