@@ -1,7 +1,8 @@
 """A bare grpc.aio DiscoveryService: a plain dict, no auth, no validation, no registry logic.
 
 - `Register` stores the instance and fans one change out to every open `Watch` stream: the
-  WatchResponse is serialized once and the same bytes are put on each stream's queue.
+  WatchResponse is serialized once and the same bytes are put on each stream's mailbox (a
+  deque and a wake-up future: the leanest queue asyncio allows; default GC settings).
 - `Heartbeat` looks the instance up and answers it.
 - `Watch` sends one synced message, then every change.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,10 +35,32 @@ OPTIONS = [
 ]
 
 
+class Mailbox:
+    """A stream's queue at its leanest: a deque, and a future to wake the stream when it waits
+    (an asyncio.Queue does more per message: getter lists, task-done counts)."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[bytes] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, message: bytes) -> None:
+        self.items.append(message)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self) -> bytes:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        return self.items.popleft()
+
+
 class Bare:
     def __init__(self) -> None:
         self.store: dict[tuple[str, str], pb.Instance] = {}
-        self.watchers: set[asyncio.Queue[bytes]] = set()
+        self.watchers: set[Mailbox] = set()
         self.revision = 0
 
     async def register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
@@ -56,8 +80,8 @@ class Bare:
         message = pb.WatchResponse(
             revision=self.revision, events=[event], synced=True
         ).SerializeToString()
-        for queue in self.watchers:
-            queue.put_nowait(message)
+        for mailbox in self.watchers:
+            mailbox.put(message)
         return pb.RegisterResponse(instance=instance)
 
     async def heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
@@ -66,17 +90,17 @@ class Bare:
         return pb.HeartbeatResponse(instance=instance)
 
     async def watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self.watchers.add(queue)
+        mailbox = Mailbox()
+        self.watchers.add(mailbox)
         try:
             await context.send_initial_metadata(())
             yield pb.WatchResponse(
                 revision=self.revision, reset=True, synced=True
             ).SerializeToString()
             while True:
-                yield await queue.get()
+                yield await mailbox.get()
         finally:
-            self.watchers.discard(queue)
+            self.watchers.discard(mailbox)
 
 
 def handlers(bare: Bare) -> grpc.GenericRpcHandler:
