@@ -118,6 +118,7 @@ def measure(smoke: bool) -> list[Row]:
     )
     if any(b.client_share > 0.9 and b.server_share < 0.85 for b in bursts):
         took.notes.append("LOAD GENERATOR BOUND (the server had CPU to spare)")
+        took.load_bound = True
     title, target = FIGURES["burst_healthy_p99"]
     p99 = [percentile(b.reads, 99) * 1000 for b in bursts]
     reads = Row("burst_healthy_p99", title, target, Sample(p99, "ms"))

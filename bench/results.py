@@ -99,6 +99,7 @@ class Row:
     status: Status = "measured"
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    load_bound: bool = False  # the load generator, not the server, set the pace somewhere
 
     @property
     def ratio(self) -> float | None:
@@ -122,6 +123,7 @@ class Row:
         note = f"{who}: server core {server:.0%}, load generator core {client:.0%}"
         if any(u.client_bound for u in runs):
             note += " -- LOAD GENERATOR BOUND (the server had CPU to spare)"
+            self.load_bound = True
         self.notes.append(note)
 
     def as_dict(self) -> dict[str, object]:
@@ -176,7 +178,7 @@ def machine() -> dict[str, object]:
 def _met(row: Row) -> str:
     if row.status != "measured":
         return row.status.upper()
-    return "yes" if row.met else "NO"
+    return ("yes" if row.met else "NO") + (" (load generator bound)" if row.load_bound else "")
 
 
 def markdown(rows: Sequence[Row], about: dict[str, object], mode: str) -> str:

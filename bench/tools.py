@@ -1,4 +1,4 @@
-"""External tools (wrk, etcd), installed from Debian when missing, and a checked wrk run.
+"""External tools (wrk, etcd, node), installed from Debian when missing, and a checked wrk run.
 
 wrk runs on the load generator's core with a Lua script that rotates over a list of request
 bodies and checks every response: its status and that its body holds the expected text (a number
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import CLIENT_CPU, BenchError, pinned
 
-PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client", "etcd": "etcd-server"}
+PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client", "etcd": "etcd-server", "node": "nodejs"}
 
 
 class ToolMissing(RuntimeError):

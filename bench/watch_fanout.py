@@ -29,14 +29,15 @@ from bench.baselines import etcd as etcd_baseline
 from bench.common import (
     CLIENT_CPU,
     GRPC_AUTH,
+    ROOT,
     BenchError,
     Process,
     discovery_server,
     python_module,
 )
 from bench.results import Row, Sample, Target, percentile, skipped, standalone
-from bench.tools import ToolMissing
-from bench.watchers import marker
+from bench.tools import ToolMissing, ensure
+from bench.watchers import marker, request_for
 from discovery.v1 import discovery_pb2 as pb
 
 FIGURES = {
@@ -124,6 +125,27 @@ def trigger(kind: str, channel: grpc.aio.Channel) -> Trigger:
     return change
 
 
+def watcher_client() -> tuple[str, str]:
+    """("node", "") when Node can be had, else ("python", why not)."""
+    try:
+        ensure("node")
+    except ToolMissing as exc:
+        return "python", str(exc)
+    return "node", ""
+
+
+def watchers_process(kind: str, target: str, streams: int) -> Process:
+    """The watcher process: Node (its own HTTP/2 client) when it can be had, else Python."""
+    if watcher_client()[0] == "python":
+        command = [sys.executable, "-m", "bench.watchers", "--target", target, "--kind", kind]
+        return Process([*command, "--streams", str(streams)], cpu=CLIENT_CPU)
+    method, request, bidi = request_for(kind)
+    script = str(ROOT / "bench" / "watchers.cjs")
+    command = ["node", script, "--target", target, "--method", method, "--request", request.hex()]
+    command += ["--streams", str(streams), *(["--bidi"] if bidi else [])]
+    return Process(command, cpu=CLIENT_CPU)
+
+
 async def repetition(kind: str, watchers: int, changes: int, runs: Runs) -> None:
     with server(kind) as process:
         target = f"127.0.0.1:{process.ports['gRPC']}"
@@ -132,10 +154,7 @@ async def repetition(kind: str, watchers: int, changes: int, runs: Runs) -> None
             await change(-1)  # first-call costs, before anything is measured
             await asyncio.sleep(0.3)
             before = process.rss()
-            command = [sys.executable, "-m", "bench.watchers", "--target", target]
-            clients = Process(
-                [*command, "--kind", kind, "--streams", str(watchers)], cpu=CLIENT_CPU
-            )
+            clients = watchers_process(kind, target, watchers)
             try:
                 if (line := await clients.aline(600)) != "ready":
                     raise BenchError(f"{kind} watchers: {line}")
@@ -171,9 +190,13 @@ def run(kinds: Sequence[str], watchers: int, changes: int, repeat: int) -> dict[
     return runs
 
 
-def _cpu_note(name: str, runs: Runs) -> str:
+def _cpu_note(name: str, runs: Runs, changes: int) -> str:
     """Per change: the server's and the watcher process's CPU time, against the time taken.
     When the watchers were busy nearly all the time a change took, they set the pace."""
+    return _cpu(name, runs, changes)[0]
+
+
+def _cpu(name: str, runs: Runs, changes: int) -> tuple[str, bool]:
     ms = 1000
     p50, client = statistics.median(runs.p50), statistics.median(runs.client_cpu)
     note = (
@@ -181,24 +204,31 @@ def _cpu_note(name: str, runs: Runs) -> str:
         f"change the server used {statistics.median(runs.server_cpu) * ms:.1f} ms of CPU, the "
         f"watcher process {client * ms:.1f} ms"
     )
-    if client > 0.8 * p50:
+    # CPU time comes in 10 ms clock ticks: too few changes cannot tell.
+    bound = client > 0.8 * p50 and client * changes >= 0.05
+    if bound:
         note += " -- LOAD GENERATOR BOUND (the watchers were busy for most of each change)"
-    return note
+    return note, bound
+
+
+def _client() -> str:
+    client, why = watcher_client()
+    return "Node (bench/watchers.cjs)" if client == "node" else f"Python (no Node: {why})"
 
 
 def fanout_rows(size: Size) -> list[Row]:
     kinds = ["discovery", "bare", "etcd"]
     etcd_missing = ""
     try:
-        etcd_baseline.ensure("etcd")
+        ensure("etcd")
     except ToolMissing as exc:
         etcd_missing, kinds = str(exc), kinds[:2]
     runs = run(kinds, size.watchers, size.changes, size.repeat)
     ours = Sample([v * 1000 for v in runs["discovery"].p99], "ms")
     note = (
-        f"{size.watchers} watch streams (250 per connection) in one Python process on core 1, "
-        f"{size.changes} changes per repetition; the watchers' own time per message counts in "
-        "every server's figure alike"
+        f"{size.watchers} watch streams (250 per connection) in one {_client()} process on core "
+        f"1, {size.changes} changes per repetition; the watchers' own time per message counts "
+        "in every server's figure alike"
     )
     rows = []
     for key, kind, name in (
@@ -211,7 +241,10 @@ def fanout_rows(size: Size) -> list[Row]:
             continue
         base = Sample([v * 1000 for v in runs[kind].p99], "ms")
         row = Row(key, title, target, ours, base, name, notes=[note])
-        row.notes += [_cpu_note("ours", runs["discovery"]), _cpu_note(name, runs[kind])]
+        for who, what in (("ours", "discovery"), (name, kind)):
+            note, bound = _cpu(who, runs[what], size.changes)
+            row.notes.append(note)
+            row.load_bound = row.load_bound or bound
         rows.append(row)
     return rows
 
@@ -228,10 +261,10 @@ def held_row(size: Size) -> Row:
         "bare grpc.aio (for reference)",
     )
     row.notes += [
-        f"{size.many} streams opened and held; each of {size.many_changes} changes reached "
-        "every one of them",
-        _cpu_note("ours", runs["discovery"]),
-        _cpu_note("bare grpc.aio", runs["bare"]),
+        f"{size.many} streams opened and held by one {_client()} process; each of "
+        f"{size.many_changes} changes reached every one of them",
+        _cpu_note("ours", runs["discovery"], size.many_changes),
+        _cpu_note("bare grpc.aio", runs["bare"], size.many_changes),
     ]
     return row
 

@@ -1,5 +1,8 @@
 """Watchers in a child process: N watch streams on one server, each change timed at the last.
 
+The Python twin of `bench/watchers.cjs` (Node, several times cheaper per message), used when
+Node cannot be had.
+
     python -m bench.watchers --target HOST:PORT --kind discovery|bare|etcd --streams N
 
 Opens N streams (250 per channel, one connection each) watching service (or key prefix)
@@ -36,11 +39,18 @@ def marker(seq: int) -> str:
     return f"chg-{seq:06d}"
 
 
-def _stream(channel: grpc.aio.Channel, kind: str) -> AsyncIterator[bytes]:
+def request_for(kind: str) -> tuple[str, bytes, bool]:
+    """(method, request bytes, whether the call is bidirectional) of a watch of `kind`."""
     if kind == "etcd":
-        return channel.stream_stream(ETCD_WATCH)(iter([watch_prefix(b"bench/")]))
-    request = pb.WatchRequest(service_names=["bench"]).SerializeToString()
-    return channel.unary_stream(WATCH)(request)
+        return ETCD_WATCH, watch_prefix(b"bench/"), True
+    return WATCH, pb.WatchRequest(service_names=["bench"]).SerializeToString(), False
+
+
+def _stream(channel: grpc.aio.Channel, kind: str) -> AsyncIterator[bytes]:
+    method, request, bidi = request_for(kind)
+    if bidi:
+        return channel.stream_stream(method)(iter([request]))
+    return channel.unary_stream(method)(request)
 
 
 async def watch(target: str, kind: str, streams: int) -> None:
