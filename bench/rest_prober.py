@@ -5,8 +5,10 @@
 Reads `/v1/discovery/services/svc-K/healthy` for K at random in 0..N-1 on one keep-alive
 connection (a lean HTTP/1.1 client, so its own time per request stays small), each answer
 checked for status 200 and a `healthy_instances` list. Prints `ready` once the first answer is
-in; when its standard input closes, prints one JSON line: `[[sent, seconds], ...]` (sent on the
-shared CLOCK_MONOTONIC), or `error ...` when an answer was wrong.
+in; when its standard input closes, prints one JSON line: `[[due, seconds], ...]`, each read's
+latency counted from when it was due by the schedule (CLOCK_MONOTONIC, shared by the
+processes), so a stall shows in the reads it held up too; or `error ...` when an answer was
+wrong.
 """
 
 from __future__ import annotations
@@ -45,19 +47,20 @@ async def probe(port: int, services: int, rate: float) -> None:
     client = RawHttp(port)
     samples: list[tuple[float, float]] = []
     stop = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    step, next_at = 1.0 / rate, time.monotonic()
+    step, due = 1.0 / rate, time.monotonic()
     while not stop.done():
         path = f"/v1/discovery/services/svc-{random.randrange(services)}/healthy"
-        sent = time.monotonic()
         status, body = await client.get(path)
-        samples.append((sent, time.monotonic() - sent))
+        # From when the read was due, not when it could be sent: a slow answer delays the reads
+        # behind it, and their wait counts (no coordinated omission).
+        samples.append((due, time.monotonic() - due))
         if status != 200 or b'"healthy_instances":[' not in body:
             print(f"error {status} {body[:200]!r}", flush=True)
             return
         if len(samples) == 1:
             print("ready", flush=True)
-        next_at += step
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        due += step
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
     print(json.dumps(samples), flush=True)
 
 

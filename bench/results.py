@@ -166,6 +166,7 @@ def machine() -> dict[str, object]:
     ).stdout.strip()
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "tools": _versions(),
         "cpu": model,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -173,6 +174,23 @@ def machine() -> dict[str, object]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "commit": commit,
     }
+
+
+def _versions() -> dict[str, str]:
+    """The first line each external tool prints about its version ("missing" when absent)."""
+    found = {}
+    for tool, flag in (("wrk", "-v"), ("etcd", "--version"), ("node", "--version")):
+        try:
+            done = subprocess.run([tool, flag], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            found[tool] = "missing"
+            continue
+        found[tool] = (done.stdout or done.stderr).strip().splitlines()[0]
+    return found
+
+
+def _listed(tools: object) -> str:
+    return ", ".join(f"{k} {v}" for k, v in tools.items()) if isinstance(tools, dict) else ""
 
 
 def _met(row: Row) -> str:
@@ -188,6 +206,7 @@ def markdown(rows: Sequence[Row], about: dict[str, object], mode: str) -> str:
         "",
         f"{about['date']} on {about['cpu']}, {about['cores']} cores, Python {about['python']}, "
         f"tree {about['commit']}; load average at the end {about['load_average']}.",
+        f"Tools: {_listed(about['tools'])}.",
         "Server on core 0, load generator on core 1; medians of the repetitions (min-max).",
         "",
         "| figure | ours | baseline | ratio | target | met |",
