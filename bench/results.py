@@ -205,7 +205,8 @@ def markdown(rows: Sequence[Row], about: dict[str, object], mode: str) -> str:
         f"# Benchmarks ({mode})",
         "",
         f"{about['date']} on {about['cpu']}, {about['cores']} cores, Python {about['python']}, "
-        f"tree {about['commit']}; load average at the end {about['load_average']}.",
+        f"tree {about['commit']}; load average {about.get('load_average_start', '?')} at the "
+        f"start, {about['load_average']} at the end; {about.get('seconds', '?')} s.",
         f"Tools: {_listed(about['tools'])}.",
         "Server on core 0, load generator on core 1; medians of the repetitions (min-max).",
         "",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -69,8 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown modules: {', '.join(sorted(unknown))}")
     pin_self()
     mode = "smoke" if args.smoke else "full"
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    started = time.monotonic()
     rows = [row for name in names for row in run_module(name, args.smoke)]
     about = machine()
+    about.update(load_average_start=load_before, seconds=round(time.monotonic() - started))
     print(markdown(rows, about, mode), flush=True)
     path = write(rows, about, mode, args.out)
     print(f"written to {path} and {path.with_suffix('.json')}", flush=True)
