@@ -185,12 +185,12 @@ def _versions() -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             found[tool] = "missing"
             continue
-        found[tool] = (done.stdout or done.stderr).strip().splitlines()[0]
+        found[tool] = (done.stdout or done.stderr).strip().splitlines()[0].split(" Copyright")[0]
     return found
 
 
 def _listed(tools: object) -> str:
-    return ", ".join(f"{k} {v}" for k, v in tools.items()) if isinstance(tools, dict) else ""
+    return "; ".join(f"{k}: {v}" for k, v in tools.items()) if isinstance(tools, dict) else ""
 
 
 def _met(row: Row) -> str:
