@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -209,7 +209,6 @@ class Usage:
     seconds: float = 0.0
     server: float = 0.0
     client: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def client_bound(self) -> bool:

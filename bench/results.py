@@ -108,6 +108,16 @@ class Row:
         return self.ours.median / self.baseline.median
 
     @property
+    def paired(self) -> list[float]:
+        """Ratio of each repetition (ours and the baseline ran in turn): how steady it was."""
+        if self.ours is None or self.baseline is None:
+            return []
+        if len(self.ours.values) != len(self.baseline.values) or len(self.ours.values) < 2:
+            return []
+        pairs = zip(self.ours.values, self.baseline.values, strict=True)
+        return [ours / base for ours, base in pairs if base]
+
+    @property
     def met(self) -> bool | None:
         if self.status != "measured" or self.ours is None:
             return None
@@ -128,7 +138,9 @@ class Row:
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
-        data.update(target=str(self.target), ratio=self.ratio, met=self.met)
+        data.update(
+            target=str(self.target), ratio=self.ratio, paired_ratios=self.paired, met=self.met
+        )
         for name in ("ours", "baseline"):
             sample = getattr(self, name)
             if sample is not None:
@@ -220,7 +232,11 @@ def markdown(rows: Sequence[Row], about: dict[str, object], mode: str) -> str:
         lines.append(f"| {row.figure} | {ours} | {base} | {ratio} | {row.target} | {_met(row)} |")
     lines += ["", "## Notes", ""]
     for row in rows:
-        for note in ([row.reason] if row.reason and row.ours else []) + row.notes:
+        notes = ([row.reason] if row.reason and row.ours else []) + row.notes
+        if row.paired:
+            ratios = ", ".join(f"{ratio:.2f}x" for ratio in row.paired)
+            notes.append(f"ratio of each repetition: {ratios}")
+        for note in notes:
             lines.append(f"- {row.figure}: {note}")
     return "\n".join(lines) + "\n"
 

@@ -242,8 +242,8 @@ def fanout_rows(size: Size) -> list[Row]:
         base = Sample([v * 1000 for v in runs[kind].p99], "ms")
         row = Row(key, title, target, ours, base, name, notes=[note])
         for who, what in (("ours", "discovery"), (name, kind)):
-            note, bound = _cpu(who, runs[what], size.changes)
-            row.notes.append(note)
+            cpu_note, bound = _cpu(who, runs[what], size.changes)
+            row.notes.append(cpu_note)
             row.load_bound = row.load_bound or bound
         rows.append(row)
     return rows

@@ -10,6 +10,7 @@ python -m bench.baselines.bare_fastapi     # logs "REST listening on 127.0.0.1:P
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import time
@@ -19,6 +20,7 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI
 
+from bench.baselines import settle_heap
 from gateway_rest.schemas import (
     HealthyResponse,
     HeartbeatRequest,
@@ -86,8 +88,12 @@ async def main() -> None:
     )
     server = uvicorn.Server(config)
     sock.listen(1024)  # connections wait in the backlog until uvicorn accepts them
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110  # uvicorn has no event to wait on for this
+        await asyncio.sleep(0.005)
+    settle_heap()
     print(f"REST listening on 127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
-    await server.serve(sockets=[sock])
+    await serving
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import uvloop
 
+from bench.baselines import settle_heap
 from discovery.v1 import discovery_pb2 as pb
 
 SERVICE = "discovery.v1.DiscoveryService"
@@ -129,6 +130,7 @@ async def main() -> None:
     server.add_generic_rpc_handlers((handlers(Bare()),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    settle_heap()
     print(f"gRPC listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
