@@ -12,12 +12,13 @@ instance. Ours and the baseline are measured in turn, repetition by repetition.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bench.common import GRPC_AUTH, Process, Usage, discovery_server, python_module, usage
-from bench.grpc_load import Channels, LoadResult
+from bench.grpc_load import Channels, LoadResult, node_load
 from bench.results import Row, Sample, Target, standalone
+from bench.tools import ToolMissing, ensure
 from discovery.v1 import discovery_pb2 as pb
 
 FIGURES = {
@@ -32,6 +33,7 @@ FIGURES = {
 }
 REGISTER = "/discovery.v1.DiscoveryService/Register"
 HEARTBEAT = "/discovery.v1.DiscoveryService/Heartbeat"
+KEEPALIVE = "/discovery.v1.DiscoveryService/KeepAlive"
 
 
 @dataclass(frozen=True)
@@ -81,40 +83,83 @@ class Runs:
         self.usages.append(used)
 
 
+Load = Callable[[Process, float], Awaitable[tuple[LoadResult, Usage]]]
+
+
+def load_client() -> tuple[str, str]:
+    """("node", "") when Node can be had, else ("python", why not)."""
+    try:
+        ensure("node")
+    except ToolMissing as exc:
+        return "python", str(exc)
+    return "node", ""
+
+
 async def run(ours: Process, bare: Process, size: Size) -> tuple[Runs, Runs, Runs]:
     unary_ours, unary_bare, stream_ours = Runs([], []), Runs([], []), Runs([], [])
+    for server in (ours, bare):
+        async with Channels(target(server), 1) as channels:
+            await register_all(channels, size)
+    unary, stream = loads(size)
+    if size.warmup:
+        (await unary(ours, size.warmup))[0].checked("warm-up")
+        (await unary(bare, size.warmup))[0].checked("warm-up")
+        (await stream(ours, size.warmup))[0].checked("warm-up")
+    for _ in range(size.repeat):
+        unary_ours.add(*await unary(ours, size.seconds), "ours, unary Heartbeat")
+        unary_bare.add(*await unary(bare, size.seconds), "bare grpc.aio, unary Heartbeat")
+        stream_ours.add(*await stream(ours, size.seconds), "ours, KeepAlive")
+    return unary_ours, unary_bare, stream_ours
+
+
+def target(server: Process) -> str:
+    return f"127.0.0.1:{server.ports['gRPC']}"
+
+
+def loads(size: Size) -> tuple[Load, Load]:
+    """The unary and KeepAlive loads: from Node when it can be had, else from Python."""
     beats = [
         pb.HeartbeatRequest(service_name=s, instance_id=i).SerializeToString()
         for s, i in names(size)
     ]
-    async with (
-        Channels(f"127.0.0.1:{ours.ports['gRPC']}", size.channels) as mine,
-        Channels(f"127.0.0.1:{bare.ports['gRPC']}", size.channels) as theirs,
-    ):
-        await register_all(mine, size)
-        await register_all(theirs, size)
+    if load_client()[0] == "node":
+        keepalives = [
+            pb.KeepAliveRequest(service_name=s, instance_id=i).SerializeToString()
+            for s, i in names(size)
+        ]
+        auth = dict(GRPC_AUTH)["authorization"]
 
-        async def unary(channels: Channels, seconds: float) -> LoadResult:
-            return await channels.unary(HEARTBEAT, beats, size.in_flight, seconds, GRPC_AUTH)
+        async def unary(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+            return await asyncio.to_thread(
+                node_load, target(server), "unary", HEARTBEAT, beats, server=server,
+                seconds=seconds, connections=size.channels, in_flight=size.in_flight,
+                authorization=auth,
+            )  # fmt: skip
 
-        async def stream(seconds: float) -> LoadResult:
-            return await mine.keepalive(names(size), size.streams, size.window, seconds, GRPC_AUTH)
+        async def stream(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+            return await asyncio.to_thread(
+                node_load, target(server), "keepalive", KEEPALIVE, keepalives, server=server,
+                seconds=seconds, connections=size.channels, in_flight=size.window,
+                streams=size.streams, authorization=auth,
+            )  # fmt: skip
 
-        if size.warmup:
-            (await unary(mine, size.warmup)).checked("warm-up")
-            (await unary(theirs, size.warmup)).checked("warm-up")
-            (await stream(size.warmup)).checked("warm-up")
-        for _ in range(size.repeat):
-            with usage(ours) as used:
-                result = await unary(mine, size.seconds)
-            unary_ours.add(result, used, "ours, unary Heartbeat")
-            with usage(bare) as used:
-                result = await unary(theirs, size.seconds)
-            unary_bare.add(result, used, "bare grpc.aio, unary Heartbeat")
-            with usage(ours) as used:
-                result = await stream(size.seconds)
-            stream_ours.add(result, used, "ours, KeepAlive")
-    return unary_ours, unary_bare, stream_ours
+        return unary, stream
+
+    async def python_unary(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+        async with Channels(target(server), size.channels) as channels:
+            with usage(server) as used:
+                result = await channels.unary(HEARTBEAT, beats, size.in_flight, seconds, GRPC_AUTH)
+        return result, used
+
+    async def python_stream(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+        async with Channels(target(server), size.channels) as channels:
+            with usage(server) as used:
+                result = await channels.keepalive(
+                    names(size), size.streams, size.window, seconds, GRPC_AUTH
+                )
+        return result, used
+
+    return python_unary, python_stream
 
 
 def measure(smoke: bool) -> list[Row]:
@@ -124,10 +169,15 @@ def measure(smoke: bool) -> list[Row]:
         python_module("bench.baselines.bare_grpc", kinds=("gRPC",)) as bare,
     ):
         unary_ours, unary_bare, stream_ours = asyncio.run(run(ours, bare, size))
+    client, why = load_client()
+    generator = (
+        "Node load generator (bench/grpc_load.cjs)"
+        if client == "node"
+        else f"Python load generator (bench/grpc_load.py; no Node: {why})"
+    )
     unary_note = (
-        f"Python load generator (bench.grpc_load): {size.channels} channels x {size.in_flight} "
-        f"calls in flight, {size.seconds:g} s per run, {size.instances} instances; every status "
-        "checked"
+        f"{generator}: {size.channels} connections x {size.in_flight} calls in flight, "
+        f"{size.seconds:g} s per run, {size.instances} instances; every grpc-status checked"
     )
     title, target = FIGURES["grpc_heartbeat"]
     unary = Row(
@@ -150,8 +200,9 @@ def measure(smoke: bool) -> list[Row]:
         Sample(unary_ours.values, "req/s"),
         "our unary Heartbeat",
         notes=[
-            f"{size.streams} KeepAlive streams over {size.channels} channels, {size.window} "
-            "heartbeats in flight on each; every ack checked (code 0, instance set)",
+            f"{generator}: {size.streams} KeepAlive streams over {size.channels} connections, "
+            f"{size.window} heartbeats in flight on each; every ack checked (code 0, instance "
+            "set)",
             per_cpu(stream_ours, unary_ours),
         ],
     )

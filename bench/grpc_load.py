@@ -1,27 +1,32 @@
-"""A Python gRPC load generator: closed-loop unary calls or KeepAlive streams, all checked.
+"""gRPC load generators: closed-loop unary calls or KeepAlive streams, every result checked.
 
 Why not h2load: it speaks HTTP/2 well enough to send gRPC calls, but it judges a call by its
 HTTP status alone, and gRPC puts its verdict in the `grpc-status` trailer (an error is still HTTP
-200). A run whose errors cannot be counted cannot be reported, so the gRPC figures use this
-generator: several channels (one HTTP/2 connection each), many calls in flight on each,
-requests serialized once up front and answers taken as bytes, so the client spends as little as
-it can per call. It reports the share of its core it used; when that is full and the server's is
-not, the figure is marked as bound by the load generator.
+200), so it cannot tell a failed call from a good one. The figures use `bench/grpc_load.cjs`
+instead (`node_load`): Node's built-in HTTP/2 client with the gRPC framing done by hand, which
+checks every grpc-status and every KeepAlive ack and spends about half (unary) to a third
+(KeepAlive) of what a grpc.aio client spends per call. `Channels` is the grpc.aio twin, used
+where Node cannot be had, and for setting up (registrations). Both report the share of their
+core they used; when that is full and the server's is not, the figure is marked as bound by the
+load generator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 import grpc
 
-from bench.common import BenchError
+from bench.common import CLIENT_CPU, ROOT, BenchError, Process, Usage
 from discovery.v1 import discovery_pb2 as pb
 
 Metadata = tuple[tuple[str, str], ...]
@@ -199,3 +204,41 @@ class Channels:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         return counted
+
+
+def node_load(
+    target: str,
+    mode: str,
+    method: str,
+    requests: Sequence[bytes],
+    *,
+    server: Process,
+    seconds: float,
+    connections: int,
+    in_flight: int,
+    streams: int = 0,
+    authorization: str = "",
+) -> tuple[LoadResult, Usage]:
+    """The same load from `bench/grpc_load.cjs` (Node, its own HTTP/2 client) on core 1, and
+    the CPU shares of the server and of the generator over its window."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+        json.dump([request.hex() for request in requests], file)
+    command = ["node", str(ROOT / "bench" / "grpc_load.cjs"), "--target", target]
+    command += ["--mode", mode, "--method", method, "--requests", file.name]
+    command += ["--seconds", str(seconds), "--connections", str(connections)]
+    command += ["--in-flight", str(in_flight), "--streams", str(streams)]
+    if authorization:
+        command += ["--authorization", authorization]
+    generator = Process(command, cpu=CLIENT_CPU)
+    try:
+        if (line := generator.line(60)) != "started":
+            raise BenchError(f"grpc_load.cjs: {line} {generator.tail()}")
+        server_before, started = server.cpu_seconds(), time.monotonic()
+        answer = json.loads(generator.line(seconds + 60))
+        used = Usage(time.monotonic() - started)
+        used.server = (server.cpu_seconds() - server_before) / used.seconds
+        used.client = answer["client_share"]
+    finally:
+        generator.stop()
+        Path(file.name).unlink()
+    return LoadResult(answer["seconds"], answer["ok"], Counter(answer["errors"])), used
