@@ -100,7 +100,10 @@ class Process:
         with self._listening:
             while not set(kinds) <= set(self.ports):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{self.command} did not start: {self.tail()}")
+                    raise BenchError(
+                        f"{self.command} did not start (exit status {self.proc.poll()}, "
+                        f"ports so far {self.ports}): {self.tail()}"
+                    )
                 self._listening.wait(0.05)
         return dict(self.ports)
 
