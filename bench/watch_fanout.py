@@ -1,304 +1,307 @@
-"""Watch fan-out: one change to N watchers, against a bare grpc.aio fan-out in the same run.
+"""Watch fan-out: one change to N watchers, ours against a bare grpc.aio fan-out and etcd.
 
-For each N (1,000 and 10,000 by default) and each server (this project's, and a bare grpc.aio
-server-streaming fan-out that hands one pre-serialized message to every stream's queue), each on
-the default asyncio loop and on uvloop (what `python -m discovery` runs), one client process
-opens N streams; the bench then makes 20 changes one by one and records the time
-from just before the change is sent until the last of the N watchers has it (p50, p99), and the
-server's RSS growth per open stream. Time is CLOCK_MONOTONIC, shared by all processes.
+Each repetition starts a fresh server on core 0 and a watcher process on core 1
+(`bench.watchers`, N streams), then makes changes one at a time: a Register of a new instance
+in the watched service (ours and the bare server, which serializes each change once and puts the
+same bytes on every stream's queue), or a put under the watched prefix (etcd, watched through
+its own gRPC Watch, one watch per stream). The time of a change runs from just before it is
+sent until the last of the N watchers has it (CLOCK_MONOTONIC, shared by the processes); the
+figure is the p99 over the changes (with 20 changes, their worst). RSS per watcher is the
+server's growth from before the watchers connect to its peak after they are all open and every
+change reached them.
 
-    python -m bench.watch_fanout            # full run (about a minute)
-    python -m bench.watch_fanout --smoke    # tiny sizes, a few seconds
+    python -m bench.watch_fanout [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import math
+import contextlib
+import statistics
 import sys
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import grpc
-import uvloop
 
-from bench._common import Child, ms, percentile, spawn
-from discovery.config import Settings
-from discovery.grpc_api import BURST_OPTIONS
-from discovery.main import DiscoveryServer
+from bench.baselines import etcd as etcd_baseline
+from bench.common import (
+    CLIENT_CPU,
+    GRPC_AUTH,
+    ROOT,
+    BenchError,
+    Process,
+    discovery_server,
+    python_module,
+)
+from bench.results import Row, Sample, Target, percentile, skipped, standalone
+from bench.tools import ToolMissing, ensure
+from bench.watchers import marker, request_for
 from discovery.v1 import discovery_pb2 as pb
-from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
-SERVICE = "bench"
-STREAMS_PER_CHANNEL = 250
-_BARE_WATCH = "/bench.Fanout/Watch"
-_BARE_PUBLISH = "/bench.Fanout/Publish"
-
-
-def _message(seq: int) -> bytes:
-    """What the bare server fans out: a WatchResponse like the real one for the same change."""
-    instance = pb.Instance(
-        service_name=SERVICE,
-        instance_id=f"i-{seq}",
-        host="127.0.0.1",
-        port=8000,
-        status=pb.HEALTH_STATUS_HEALTHY,
-        metadata={"version": "1.0.0"},
-    )
-    instance.registered_at.GetCurrentTime()
-    event = pb.WatchEvent(type=pb.EVENT_TYPE_PUT, instance=instance, revision=seq + 1)
-    return pb.WatchResponse(revision=seq + 1, events=[event], synced=True).SerializeToString()
+FIGURES = {
+    "watch_1k_vs_bare": (
+        "one change to 1,000 watchers, time to the last (p99 of 20) vs bare grpc.aio fan-out",
+        Target("ratio_max", 1.2),
+    ),
+    "watch_1k_vs_etcd": (
+        "one change to 1,000 watchers, time to the last (p99 of 20) vs etcd watch",
+        Target("ratio_max", 1.0),
+    ),
+    "watch_10k_held": (
+        "10,000 open watchers held: server RSS per watcher",
+        Target("max", 30, "KB"),
+    ),
+}
+REGISTER = "/discovery.v1.DiscoveryService/Register"
 
 
-# -- the bare server (a child process) --------------------------------------------------------
+@dataclass(frozen=True)
+class Size:
+    watchers: int
+    changes: int
+    many: int  # the "10,000 watchers" figure
+    many_changes: int
+    hold: float  # seconds the many watchers stay idle before a last change must reach them all
+    repeat: int  # for the 1,000 (the worst of 20 changes is noisy: 5)
+    many_repeat: int
 
 
-async def bare_server() -> None:
-    """A minimal grpc.aio fan-out: a queue per stream, the same bytes put in each."""
-    queues: set[asyncio.Queue[bytes]] = set()
-    hello = pb.WatchResponse(reset=True, synced=True, revision=1).SerializeToString()
-
-    async def watch(
-        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
-    ) -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        queues.add(queue)
-        try:
-            await context.send_initial_metadata(())
-            yield hello
-            while True:
-                yield await queue.get()
-        finally:
-            queues.discard(queue)
-
-    async def publish(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        for queue in queues:
-            queue.put_nowait(request)
-        return b""
-
-    handlers = {
-        "Watch": grpc.unary_stream_rpc_method_handler(watch),
-        "Publish": grpc.unary_unary_rpc_method_handler(publish),
-    }
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *BURST_OPTIONS])
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Fanout", handlers),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"port {port}", flush=True)
-    await server.wait_for_termination()
+FULL = Size(1000, 20, 10_000, 5, hold=11.0, repeat=5, many_repeat=3)
+SMOKE = Size(20, 3, 50, 2, hold=0.5, repeat=1, many_repeat=1)
 
 
-# -- the watchers (a child process) -----------------------------------------------------------
+@dataclass
+class Runs:
+    """Per repetition: the p99 time to the last watcher, RSS per watcher, CPU per change."""
+
+    p99: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)
+    client_cpu: list[float] = field(default_factory=list)
+    idle_cpu: list[float] = field(default_factory=list)  # server core share while held idle
 
 
-async def watchers(target: str, kind: str, streams: int) -> None:
-    """Open `streams` watch streams; print `ready`, then `done SEQ LAST_ARRIVAL` per change."""
-    options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
-    channels = [
-        grpc.aio.insecure_channel(target, options=options)
-        for _ in range(math.ceil(streams / STREAMS_PER_CHANNEL))
-    ]
-    counts: dict[int, int] = defaultdict(int)
-    started = 0
-    all_started = asyncio.Event()
-
-    def arrived(seq: int, now: float) -> None:
-        counts[seq] += 1
-        if counts[seq] == streams:
-            print(f"done {seq} {now!r}", flush=True)
-
-    async def follow(channel: grpc.aio.Channel) -> None:
-        nonlocal started
-        if kind == "bare":
-            call = channel.unary_stream(
-                _BARE_WATCH, response_deserializer=pb.WatchResponse.FromString
-            )(b"")
-        else:
-            request = pb.WatchRequest(service_names=[SERVICE])
-            call = pb_grpc.DiscoveryServiceStub(channel).Watch(request)
-        first = True
-        async for message in call:
-            now = time.monotonic()
-            if first:
-                first = False
-                started += 1
-                if started == streams:
-                    all_started.set()
-            for event in message.events:
-                if message.synced and not message.reset:
-                    arrived(int(event.instance.instance_id.split("-")[1]), now)
-
-    tasks = [asyncio.create_task(follow(channels[n % len(channels)])) for n in range(streams)]
-    await all_started.wait()
-    print("ready", flush=True)
-    await asyncio.gather(*tasks)
+Trigger = Callable[[int], Awaitable[object]]
 
 
-# -- the driver -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def server(kind: str) -> Iterator[Process]:
+    if kind == "discovery":
+        with discovery_server() as process:
+            yield process
+    elif kind == "bare":
+        with python_module("bench.baselines.bare_grpc", kinds=("gRPC",)) as process:
+            yield process
+    else:
+        with etcd_baseline.etcd() as (process, port):
+            process.ports["gRPC"] = port
+            yield process
 
 
-async def measure(kind: str, loop: str, streams: int, changes: int) -> dict[str, float]:
-    server = await spawn(
-        ["-m", "bench.watch_fanout", "--role", "server", "--kind", kind, "--loop", loop]
-    )
-    port = int((await server.line(30)).split()[1])
-    return await _run(kind, server, port, streams, changes)
+def trigger(kind: str, channel: grpc.aio.Channel) -> Trigger:
+    """What makes change `seq` (seq < 0: a warm-up change nobody watches)."""
+    if kind == "etcd":
+        put = channel.unary_unary(etcd_baseline.PUT)
 
+        def change(seq: int) -> Awaitable[object]:
+            prefix = b"bench/" if seq >= 0 else b"warmup/"
+            name = marker(max(seq, 0)).encode()
+            return put(etcd_baseline.put(prefix + name, name))
 
-async def _run(kind: str, server: Child, port: int, streams: int, changes: int) -> dict[str, float]:
-    target = f"127.0.0.1:{port}"
-    clients: Child | None = None
-    async with grpc.aio.insecure_channel(target) as channel:
-        trigger = _trigger(kind, channel)
-        try:
-            await trigger(-1)  # warm the path (and the server's first-call costs)
-            await asyncio.sleep(0.5)
-            rss_before = server.rss()
-            clients = await spawn(
-                [
-                    "-m",
-                    "bench.watch_fanout",
-                    "--role",
-                    "watchers",
-                    "--target",
-                    target,
-                    "--kind",
-                    kind,
-                    "--streams",
-                    str(streams),
-                ]
-            )
-            assert await clients.line(300) == "ready"
-            await asyncio.sleep(1.0)
-            rss_after = server.rss()
-            latencies = []
-            cpu = server.cpu_seconds()
-            for seq in range(changes):
-                sent = time.monotonic()
-                await trigger(seq)
-                done, number, last = (await clients.line(120)).split()
-                assert (done, int(number)) == ("done", seq)
-                latencies.append(float(last) - sent)
-                await asyncio.sleep(0.05)
-            cpu_per_change = (server.cpu_seconds() - cpu) / changes
-        finally:
-            if clients is not None:
-                await clients.stop()
-            await server.stop()
-    return {
-        "p50": percentile(latencies, 50),
-        "p99": percentile(latencies, 99),
-        "rss_per_stream": (rss_after - rss_before) / streams,
-        "cpu_per_change": cpu_per_change,
-    }
+        return change
+    register = channel.unary_unary(REGISTER)
 
-
-def _trigger(kind: str, channel: grpc.aio.Channel) -> Callable[[int], asyncio.Future[object]]:
-    if kind == "bare":
-        publish = channel.unary_unary(_BARE_PUBLISH)
-        return lambda seq: publish(_message(seq))
-    stub = pb_grpc.DiscoveryServiceStub(channel)
-
-    def register(seq: int) -> asyncio.Future[object]:
+    def change(seq: int) -> Awaitable[object]:
         request = pb.RegisterRequest(
-            service_name=SERVICE if seq >= 0 else "warmup",
-            instance_id=f"i-{seq}" if seq >= 0 else "warm",
-            host="127.0.0.1",
-            port=8000,
+            service_name="bench" if seq >= 0 else "warmup",
+            instance_id=marker(max(seq, 0)),
+            host="10.0.0.5",
+            port=8080,
             health_endpoint="",
             metadata={"version": "1.0.0"},
         )
-        return stub.Register(request)
+        return register(request.SerializeToString(), metadata=GRPC_AUTH)
 
-    return register
-
-
-#: (server, event loop) pairs; the headline compares each server with bare on the same loop.
-VARIANTS = [
-    ("bare", "asyncio"),
-    ("discovery", "asyncio"),
-    ("bare", "uvloop"),
-    ("discovery", "uvloop"),
-]
+    return change
 
 
-async def main(
-    sizes: Sequence[int], changes: int, variants: Sequence[tuple[str, str]] = VARIANTS
-) -> None:
-    print(
-        f"Watch fan-out: {changes} changes per size; latency = change sent -> last watcher has it"
-    )
-    print(
-        f"{'watchers':>9} {'server':>10} {'loop':>8} {'p50':>11} {'p99':>11} {'RSS/watcher':>13} "
-        f"{'CPU/change':>11}"
-    )
-    for streams in sizes:
-        results = {}
-        for kind, loop in variants:
-            results[kind, loop] = figures = await measure(kind, loop, streams, changes)
-            print(
-                f"{streams:>9} {kind:>10} {loop:>8} {ms(figures['p50'])} {ms(figures['p99'])} "
-                f"{figures['rss_per_stream'] / 1024:>10.1f} KB {ms(figures['cpu_per_change'])}",
-                flush=True,
-            )
-        for loop in sorted({loop for _, loop in variants}):
-            ours, bare = results["discovery", loop], results["bare", loop]
-            ratios = ", ".join(
-                f"{name} {_ratio(ours[key], bare[key])}"
-                for name, key in (("p50", "p50"), ("p99", "p99"), ("CPU/change", "cpu_per_change"))
-            )
-            print(f"{streams:>9} {'ratio':>10} {loop:>8}  {ratios} of bare", flush=True)
-
-
-def _ratio(ours: float, bare: float) -> str:
-    # CPU time is counted in clock ticks: tiny smoke runs can measure zero.
-    return f"{ours / bare:.2f}x" if bare > 0 else "n/a"
-
-
-async def discovery_server() -> None:
-    """This project's server, as `python -m discovery` builds it, on free ports."""
-    server = DiscoveryServer(Settings(host="127.0.0.1", rest_port=0, grpc_port=0))
-    await server.start()
-    print(f"port {server.grpc_port}", flush=True)
+def watcher_client() -> tuple[str, str]:
+    """("node", "") when Node can be had, else ("python", why not)."""
     try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()
+        ensure("node")
+    except ToolMissing as exc:
+        return "python", str(exc)
+    return "node", ""
 
 
-def _serve(kind: str, loop: str) -> None:
-    main = bare_server() if kind == "bare" else discovery_server()
-    factory = uvloop.new_event_loop if loop == "uvloop" else None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
+def watchers_process(kind: str, target: str, streams: int) -> Process:
+    """The watcher process: Node (its own HTTP/2 client) when it can be had, else Python."""
+    if watcher_client()[0] == "python":
+        command = [sys.executable, "-m", "bench.watchers", "--target", target, "--kind", kind]
+        return Process([*command, "--streams", str(streams)], cpu=CLIENT_CPU)
+    method, request, bidi = request_for(kind)
+    script = str(ROOT / "bench" / "watchers.cjs")
+    command = ["node", script, "--target", target, "--method", method, "--request", request.hex()]
+    command += ["--streams", str(streams), *(["--bidi"] if bidi else [])]
+    return Process(command, cpu=CLIENT_CPU)
+
+
+async def repetition(kind: str, watchers: int, changes: int, runs: Runs, hold: float = 0.0) -> None:
+    with server(kind) as process:
+        target = f"127.0.0.1:{process.ports['gRPC']}"
+        async with grpc.aio.insecure_channel(target) as channel:
+            change = trigger(kind, channel)
+            await change(-1)  # first-call costs, before anything is measured
+            await asyncio.sleep(0.3)
+            before = process.rss()
+            clients = watchers_process(kind, target, watchers)
+            try:
+                if (line := await clients.aline(600)) != "ready":
+                    raise BenchError(f"{kind} watchers: {line}")
+                await asyncio.sleep(1.0)
+                peak = process.rss()
+                latencies = []
+                server_cpu, client_cpu = process.cpu_seconds(), clients.cpu_seconds()
+                for seq in range(changes):
+                    sent = time.monotonic()
+                    await change(seq)
+                    line = await clients.aline(120)
+                    done, number, last = line.split()
+                    if (done, int(number)) != ("done", seq):
+                        raise BenchError(f"{kind} watchers, change {seq}: {line}")
+                    latencies.append(float(last) - sent)
+                    await asyncio.sleep(0.05)
+                runs.server_cpu.append((process.cpu_seconds() - server_cpu) / changes)
+                runs.client_cpu.append((clients.cpu_seconds() - client_cpu) / changes)
+                peak = max(peak, process.rss())
+                if hold:
+                    await held(kind, process, clients, change, changes, hold, runs)
+                    peak = max(peak, process.rss())
+            finally:
+                clients.stop()
+    runs.p99.append(percentile(latencies, 99))
+    runs.p50.append(percentile(latencies, 50))
+    runs.rss.append((peak - before) / watchers / 1024)
+
+
+async def held(
+    kind: str, server: Process, clients: Process, change: Trigger, seq: int, hold: float, runs: Runs
+) -> None:
+    """Leave the streams idle for `hold` seconds (past the 10 s progress period), then one more
+    change must still reach every one of them."""
+    cpu, started = server.cpu_seconds(), time.monotonic()
+    await asyncio.sleep(hold)
+    runs.idle_cpu.append((server.cpu_seconds() - cpu) / (time.monotonic() - started))
+    await change(seq)
+    line = await clients.aline(120)
+    if line.split()[:2] != ["done", str(seq)]:
+        raise BenchError(f"{kind} watchers, after {hold:g} s idle: {line}")
+
+
+def run(
+    kinds: Sequence[str], watchers: int, changes: int, repeat: int, hold: float = 0.0
+) -> dict[str, Runs]:
+    """Repetitions interleaved: ours, bare, etcd, ours, bare, etcd, ..."""
+    runs = {kind: Runs() for kind in kinds}
+    for _ in range(repeat):
+        for kind in kinds:
+            asyncio.run(repetition(kind, watchers, changes, runs[kind], hold))
+    return runs
+
+
+def _cpu_note(name: str, runs: Runs, changes: int) -> str:
+    """Per change: the server's and the watcher process's CPU time, against the time taken.
+    When the watchers were busy nearly all the time a change took, they set the pace."""
+    return _cpu(name, runs, changes)[0]
+
+
+def _cpu(name: str, runs: Runs, changes: int) -> tuple[str, bool]:
+    ms = 1000
+    p50, client = statistics.median(runs.p50), statistics.median(runs.client_cpu)
+    note = (
+        f"{name}: p50 {p50 * ms:.1f} ms, p99 {statistics.median(runs.p99) * ms:.1f} ms; per "
+        f"change the server used {statistics.median(runs.server_cpu) * ms:.1f} ms of CPU, the "
+        f"watcher process {client * ms:.1f} ms"
+    )
+    # CPU time comes in 10 ms clock ticks: too few changes cannot tell.
+    bound = client > 0.8 * p50 and client * changes >= 0.05
+    if bound:
+        note += " -- LOAD GENERATOR BOUND (the watchers were busy for most of each change)"
+    return note, bound
+
+
+def _client() -> str:
+    client, why = watcher_client()
+    return "Node (bench/watchers.cjs)" if client == "node" else f"Python (no Node: {why})"
+
+
+def fanout_rows(size: Size) -> list[Row]:
+    kinds = ["discovery", "bare", "etcd"]
+    etcd_missing = ""
+    try:
+        ensure("etcd")
+    except ToolMissing as exc:
+        etcd_missing, kinds = str(exc), kinds[:2]
+    runs = run(kinds, size.watchers, size.changes, size.repeat)
+    ours = Sample([v * 1000 for v in runs["discovery"].p99], "ms")
+    note = (
+        f"{size.watchers} watch streams (250 per connection) in one {_client()} process on core "
+        f"1, {size.changes} changes per repetition; the watchers' own time per message counts "
+        "in every server's figure alike"
+    )
+    rows = []
+    for key, kind, name in (
+        ("watch_1k_vs_bare", "bare", "bare grpc.aio"),
+        ("watch_1k_vs_etcd", "etcd", "etcd"),
+    ):
+        title, target = FIGURES[key]
+        if kind not in runs:
+            rows.append(skipped(key, title, target, etcd_missing))
+            continue
+        base = Sample([v * 1000 for v in runs[kind].p99], "ms")
+        row = Row(key, title, target, ours, base, name, notes=[note])
+        for who, what in (("ours", "discovery"), (name, kind)):
+            cpu_note, bound = _cpu(who, runs[what], size.changes)
+            row.notes.append(cpu_note)
+            row.load_bound = row.load_bound or bound
+        rows.append(row)
+    return rows
+
+
+def held_row(size: Size) -> Row:
+    runs = run(["discovery", "bare"], size.many, size.many_changes, size.many_repeat, size.hold)
+    title, target = FIGURES["watch_10k_held"]
+    row = Row(
+        "watch_10k_held",
+        title,
+        target,
+        Sample(runs["discovery"].rss, "KB"),
+        Sample(runs["bare"].rss, "KB"),
+        "bare grpc.aio (for reference)",
+    )
+    row.notes += [
+        f"{size.many} streams opened and held by one {_client()} process; each of "
+        f"{size.many_changes} changes reached every one of them, and one more after the streams "
+        f"sat idle for {size.hold:g} s; server core while idle: ours "
+        f"{statistics.median(runs['discovery'].idle_cpu):.0%}, bare "
+        f"{statistics.median(runs['bare'].idle_cpu):.0%}",
+        _cpu_note("ours", runs["discovery"], size.many_changes),
+        _cpu_note("bare grpc.aio", runs["bare"], size.many_changes),
+    ]
+    return row
+
+
+def measure(smoke: bool) -> list[Row]:
+    size = SMOKE if smoke else FULL
+    return [*fanout_rows(size), held_row(size)]
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
-    parser.add_argument("--sizes", default="1000,10000", help="watcher counts (comma-separated)")
-    parser.add_argument("--changes", type=int, default=20)
-    parser.add_argument("--role", choices=["driver", "server", "watchers"], default="driver")
-    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
-    parser.add_argument("--target")
-    parser.add_argument("--kind")
-    parser.add_argument("--streams", type=int)
-    args = parser.parse_args(argv)
-    if args.role == "server":
-        _serve(args.kind, args.loop)
-    elif args.role == "watchers":
-        asyncio.run(watchers(args.target, args.kind, args.streams))
-    elif args.smoke:
-        asyncio.run(main([20, 100], 5, [v for v in VARIANTS if v[1] == "uvloop"]))
-    else:
-        asyncio.run(main([int(s) for s in args.sizes.split(",")], args.changes))
+    standalone(measure, __doc__, argv)
 
 
 if __name__ == "__main__":
-    cli(sys.argv[1:])
+    cli()

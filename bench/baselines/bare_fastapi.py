@@ -1,18 +1,26 @@
 """A bare FastAPI app with the same pydantic models and typed returns, and a plain dict store.
 
-python -m bench.baselines.bare_fastapi     # prints "REST listening on 127.0.0.1:PORT"
+No auth, no registry, no health logic: register, heartbeat and the healthy list of a service,
+each returning the project's response models (FastAPI's `response_model` from the return type),
+on uvicorn with httptools and uvloop as the project's server runs. It is the framework's ceiling
+for the REST figures.
+
+python -m bench.baselines.bare_fastapi     # logs "REST listening on 127.0.0.1:PORT"
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import time
+from datetime import UTC, datetime
 
 import uvicorn
 import uvloop
 from fastapi import FastAPI
 
+from bench.baselines import settle_heap
 from gateway_rest.schemas import (
     HealthyResponse,
     HeartbeatRequest,
@@ -20,8 +28,11 @@ from gateway_rest.schemas import (
     Outcome,
     RegisterRequest,
     RegisterResponse,
-    iso,
 )
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 def create_app() -> FastAPI:
@@ -77,8 +88,12 @@ async def main() -> None:
     )
     server = uvicorn.Server(config)
     sock.listen(1024)  # connections wait in the backlog until uvicorn accepts them
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110  # uvicorn has no event to wait on for this
+        await asyncio.sleep(0.005)
+    settle_heap()
     print(f"REST listening on 127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
-    await server.serve(sockets=[sock])
+    await serving
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""gRPC heartbeats: unary `Heartbeat` against a bare grpc.aio server, KeepAlive against unary.
+
+Both servers hold the same heartbeat-only instances (registered up front). The load generator
+(`bench.grpc_load`) runs on core 1: unary calls on several channels with many calls in flight,
+each checked for status OK; then KeepAlive streams, each keeping its share of the instances
+alive with a window of unacknowledged heartbeats, each ack checked for code 0 and the
+instance. Ours and the baseline are measured in turn, repetition by repetition.
+
+    python -m bench.grpc_heartbeat [--smoke]
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from bench.common import GRPC_AUTH, Process, Usage, discovery_server, python_module, usage
+from bench.grpc_load import Channels, LoadResult, node_load
+from bench.results import Row, Sample, Target, standalone
+from bench.tools import ToolMissing, ensure
+from discovery.v1 import discovery_pb2 as pb
+
+FIGURES = {
+    "grpc_heartbeat": (
+        "gRPC unary Heartbeat req/s vs bare grpc.aio unary",
+        Target("ratio_min", 0.9),
+    ),
+    "keepalive": (
+        "KeepAlive stream heartbeats/s vs our unary Heartbeat",
+        Target("ratio_min", 3.0),
+    ),
+}
+REGISTER = "/discovery.v1.DiscoveryService/Register"
+HEARTBEAT = "/discovery.v1.DiscoveryService/Heartbeat"
+KEEPALIVE = "/discovery.v1.DiscoveryService/KeepAlive"
+
+
+@dataclass(frozen=True)
+class Size:
+    seconds: float
+    repeat: int
+    instances: int
+    channels: int
+    in_flight: int  # unary calls per channel
+    streams: int
+    window: int  # unacknowledged heartbeats per stream
+    warmup: float
+
+
+FULL = Size(5, 3, 1000, 4, 16, 32, 32, 1.0)
+SMOKE = Size(0.5, 1, 20, 2, 4, 4, 8, 0.0)
+
+
+def names(size: Size) -> list[tuple[str, str]]:
+    return [(f"svc-{n % 10}", f"i-{n}") for n in range(size.instances)]
+
+
+async def register_all(channels: Channels, size: Size) -> None:
+    requests = [
+        pb.RegisterRequest(
+            service_name=service,
+            instance_id=instance,
+            host="10.0.0.5",
+            port=8080,
+            health_endpoint="",
+            metadata={"version": "1.0.0", "zone": "eu-west-1a", "team": "core"},
+        ).SerializeToString()
+        for service, instance in names(size)
+    ]
+    register = channels.channels[0].unary_unary(REGISTER)
+    for request in requests:
+        await register(request, metadata=GRPC_AUTH)
+
+
+@dataclass
+class Runs:
+    values: list[float]
+    usages: list[Usage]
+
+    def add(self, result: LoadResult, used: Usage, what: str) -> None:
+        self.values.append(result.checked(what))
+        self.usages.append(used)
+
+
+Load = Callable[[Process, float], Awaitable[tuple[LoadResult, Usage]]]
+
+
+def load_client() -> tuple[str, str]:
+    """("node", "") when Node can be had, else ("python", why not)."""
+    try:
+        ensure("node")
+    except ToolMissing as exc:
+        return "python", str(exc)
+    return "node", ""
+
+
+async def run(ours: Process, bare: Process, size: Size) -> tuple[Runs, Runs, Runs]:
+    unary_ours, unary_bare, stream_ours = Runs([], []), Runs([], []), Runs([], [])
+    for server in (ours, bare):
+        async with Channels(target(server), 1) as channels:
+            await register_all(channels, size)
+    unary, stream = loads(size)
+    if size.warmup:
+        (await unary(ours, size.warmup))[0].checked("warm-up")
+        (await unary(bare, size.warmup))[0].checked("warm-up")
+        (await stream(ours, size.warmup))[0].checked("warm-up")
+    for _ in range(size.repeat):
+        unary_ours.add(*await unary(ours, size.seconds), "ours, unary Heartbeat")
+        unary_bare.add(*await unary(bare, size.seconds), "bare grpc.aio, unary Heartbeat")
+        stream_ours.add(*await stream(ours, size.seconds), "ours, KeepAlive")
+    return unary_ours, unary_bare, stream_ours
+
+
+def target(server: Process) -> str:
+    return f"127.0.0.1:{server.ports['gRPC']}"
+
+
+def loads(size: Size) -> tuple[Load, Load]:
+    """The unary and KeepAlive loads: from Node when it can be had, else from Python."""
+    beats = [
+        pb.HeartbeatRequest(service_name=s, instance_id=i).SerializeToString()
+        for s, i in names(size)
+    ]
+    if load_client()[0] == "node":
+        keepalives = [
+            pb.KeepAliveRequest(service_name=s, instance_id=i).SerializeToString()
+            for s, i in names(size)
+        ]
+        auth = dict(GRPC_AUTH)["authorization"]
+
+        async def unary(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+            return await asyncio.to_thread(
+                node_load, target(server), "unary", HEARTBEAT, beats, server=server,
+                seconds=seconds, connections=size.channels, in_flight=size.in_flight,
+                authorization=auth,
+            )  # fmt: skip
+
+        async def stream(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+            return await asyncio.to_thread(
+                node_load, target(server), "keepalive", KEEPALIVE, keepalives, server=server,
+                seconds=seconds, connections=size.channels, in_flight=size.window,
+                streams=size.streams, authorization=auth,
+            )  # fmt: skip
+
+        return unary, stream
+
+    async def python_unary(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+        async with Channels(target(server), size.channels) as channels:
+            with usage(server) as used:
+                result = await channels.unary(HEARTBEAT, beats, size.in_flight, seconds, GRPC_AUTH)
+        return result, used
+
+    async def python_stream(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+        async with Channels(target(server), size.channels) as channels:
+            with usage(server) as used:
+                result = await channels.keepalive(
+                    names(size), size.streams, size.window, seconds, GRPC_AUTH
+                )
+        return result, used
+
+    return python_unary, python_stream
+
+
+def measure(smoke: bool) -> list[Row]:
+    size = SMOKE if smoke else FULL
+    with (
+        discovery_server() as ours,
+        python_module("bench.baselines.bare_grpc", kinds=("gRPC",)) as bare,
+    ):
+        unary_ours, unary_bare, stream_ours = asyncio.run(run(ours, bare, size))
+    client, why = load_client()
+    generator = (
+        "Node load generator (bench/grpc_load.cjs)"
+        if client == "node"
+        else f"Python load generator (bench/grpc_load.py; no Node: {why})"
+    )
+    unary_note = (
+        f"{generator}: {size.channels} connections x {size.in_flight} calls in flight, "
+        f"{size.seconds:g} s per run, {size.instances} instances; every grpc-status checked"
+    )
+    title, target = FIGURES["grpc_heartbeat"]
+    unary = Row(
+        "grpc_heartbeat",
+        title,
+        target,
+        Sample(unary_ours.values, "req/s"),
+        Sample(unary_bare.values, "req/s"),
+        "bare grpc.aio",
+        notes=[unary_note],
+    )
+    unary.note_usage("ours", unary_ours.usages)
+    unary.note_usage("bare grpc.aio", unary_bare.usages)
+    title, target = FIGURES["keepalive"]
+    stream = Row(
+        "keepalive",
+        title,
+        target,
+        Sample(stream_ours.values, "heartbeats/s"),
+        Sample(unary_ours.values, "req/s"),
+        "our unary Heartbeat",
+        notes=[
+            f"{generator}: {size.streams} KeepAlive streams over {size.channels} connections, "
+            f"{size.window} heartbeats in flight on each; every ack checked (code 0, instance "
+            "set)",
+            per_cpu(stream_ours, unary_ours),
+        ],
+    )
+    stream.note_usage("KeepAlive", stream_ours.usages)
+    stream.note_usage("unary", unary_ours.usages)
+    return [unary, stream]
+
+
+def per_cpu(stream: Runs, unary: Runs) -> str:
+    """Heartbeats per second of server CPU: what one core could carry, whoever set the pace."""
+
+    def rate(runs: Runs) -> float:
+        values = sorted(
+            v / max(u.server, 1e-9) for v, u in zip(runs.values, runs.usages, strict=True)
+        )
+        return values[len(values) // 2]
+
+    return (
+        f"per second of server CPU: KeepAlive {rate(stream):,.0f}, unary {rate(unary):,.0f} "
+        f"({rate(stream) / rate(unary):.2f}x)"
+    )
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    standalone(measure, __doc__, argv)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,120 @@
+"use strict";
+// Watchers in Node, on its built-in HTTP/2 client: the same protocol as bench/watchers.py at a
+// much lower cost per message (gRPC framing is read here directly: no library, no per-message
+// objects), so that the watchers, rather than the server, set the pace of a fan-out as little
+// as can be.
+//
+//   node bench/watchers.cjs --target HOST:PORT --method /pkg.Service/Watch --request HEX \
+//       --streams N [--bidi]
+//
+// Opens N gRPC calls (250 per HTTP/2 connection) sending the request (hex-encoded protobuf;
+// --bidi: the request side is left open after it, as etcd's Watch wants), prints `ready` once
+// every stream has had its first message, then `done SEQ TIME` when the last stream has change
+// SEQ (the marker `chg-NNNNNN` in the message bytes; TIME in seconds on CLOCK_MONOTONIC, the
+// clock of Python's time.monotonic()). A stream that ends, or whose response is not gRPC, prints
+// `lost ...` and the process exits with status 1.
+
+const http2 = require("node:http2");
+
+const STREAMS_PER_CONNECTION = 250;
+
+function options(argv) {
+  const found = { bidi: false };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--bidi") found.bidi = true;
+    else found[argv[i].replace(/^--/, "")] = argv[++i];
+  }
+  return found;
+}
+
+function now() {
+  return Number(process.hrtime.bigint()) / 1e9;
+}
+
+function lost(reason) {
+  process.stdout.write(`lost ${reason}\n`);
+  process.exit(1);
+}
+
+// The highest change marker in a message, or -1.
+function latest(message) {
+  let best = -1;
+  let at = message.indexOf("chg-");
+  while (at >= 0) {
+    const seq = parseInt(message.toString("latin1", at + 4, at + 10), 10);
+    if (seq > best) best = seq;
+    at = message.indexOf("chg-", at + 4);
+  }
+  return best;
+}
+
+// Calls onMessage(bytes) for each length-prefixed gRPC message in a stream's data.
+function framer(onMessage) {
+  let pending = Buffer.alloc(0);
+  return (chunk) => {
+    pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+    while (pending.length >= 5) {
+      if (pending[0] !== 0) lost("a compressed message");
+      const end = 5 + pending.readUInt32BE(1);
+      if (pending.length < end) break;
+      onMessage(pending.subarray(5, end));
+      pending = pending.subarray(end);
+    }
+  };
+}
+
+function main() {
+  const args = options(process.argv.slice(2));
+  const streams = parseInt(args.streams, 10);
+  const message = Buffer.from(args.request, "hex");
+  const frame = Buffer.alloc(5 + message.length);
+  frame.writeUInt32BE(message.length, 1);
+  message.copy(frame, 5);
+  const sessions = [];
+  for (let i = 0; i < Math.ceil(streams / STREAMS_PER_CONNECTION); i++) {
+    const session = http2.connect(`http://${args.target}`);
+    session.on("error", (error) => lost(`connection: ${error.message}`));
+    sessions.push(session);
+  }
+  const counts = new Map();
+  let started = 0;
+  for (let k = 0; k < streams; k++) {
+    const call = sessions[k % sessions.length].request({
+      ":method": "POST",
+      ":path": args.method,
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    call.on("response", (headers) => {
+      if (headers[":status"] !== 200 || headers["grpc-status"] !== undefined) {
+        lost(`status ${headers[":status"]}, grpc-status ${headers["grpc-status"]}`);
+      }
+    });
+    let first = true;
+    let last = -1;
+    call.on(
+      "data",
+      framer((bytes) => {
+        const at = now();
+        if (first) {
+          first = false;
+          started += 1;
+          if (started === streams) process.stdout.write("ready\n");
+        }
+        const seq = latest(bytes);
+        if (seq > last) {
+          last = seq;
+          const count = (counts.get(seq) || 0) + 1;
+          counts.set(seq, count);
+          if (count === streams) process.stdout.write(`done ${seq} ${at}\n`);
+        }
+      }),
+    );
+    call.on("error", (error) => lost(error.message));
+    call.on("end", () => lost("the stream ended"));
+    if (args.bidi) call.write(frame);
+    else call.end(frame);
+  }
+}
+
+main();
