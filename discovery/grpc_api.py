@@ -18,7 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from discovery import validation
 from discovery.core import DiscoveryCore
 from discovery.errors import DiscoveryError
-from discovery.grpc_codec import alert_to_pb, duration, fill_instance, instance_to_pb
+from discovery.grpc_codec import (
+    InstanceMessages,
+    alert_to_pb,
+    duration,
+    fill_instance,
+    instance_to_pb,
+)
 from discovery.grpc_health import HEALTH_SERVICE_NAME, HealthService
 from discovery.grpc_status import STATUS_FOR, authorization, status_for
 from discovery.grpc_streams import as_bytes, keep_alive, watch
@@ -79,6 +85,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     def __init__(self, core: DiscoveryCore) -> None:
         self.core = core
         self.keepalive_sessions = KeepAliveSessions(core)
+        self.instance_messages = InstanceMessages()
         self._interval = duration(core.settings.heartbeat_interval)
         self._ttl = duration(core.settings.registration_ttl)
 
@@ -113,7 +120,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
         )
         instance = self.core.heartbeat(request.service_name, request.instance_id, load)
         response = pb.HeartbeatResponse()
-        fill_instance(response.instance, instance)
+        self.instance_messages.fill(response.instance, instance)
         return response
 
     @_unary(write=True)

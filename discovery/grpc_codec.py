@@ -46,7 +46,7 @@ def instance_to_pb(instance: Instance) -> pb.Instance:
     return message
 
 
-def fill_instance(message: pb.Instance, instance: Instance) -> None:
+def fill_instance(message: pb.Instance, instance: Instance, with_heartbeat: bool = True) -> None:
     """Write `instance` into an empty message in place (cheaper than building one and copying
     it into a response: every heartbeat answer carries an instance)."""
     message.service_name = instance.service_name
@@ -61,10 +61,39 @@ def fill_instance(message: pb.Instance, instance: Instance) -> None:
     if instance.metadata:
         message.metadata.update(instance.metadata)
     _set_time(message.registered_at, instance.registered_at)
-    if instance.last_heartbeat is not None:
+    if with_heartbeat and instance.last_heartbeat is not None:
         _set_time(message.last_heartbeat, instance.last_heartbeat)
     if instance.last_health_check is not None:
         _set_time(message.last_health_check, instance.last_health_check)
+
+
+class InstanceMessages:
+    """Encoded instances for heartbeat answers, built once per instance state.
+
+    A heartbeat changes only `last_heartbeat`; everything else in the message changes with the
+    instance's revision, its load or its last health check. Copying a cached message and setting
+    the one timestamp costs less than half of building it field by field.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._entries: dict[tuple[str, str], tuple[tuple[int, float, float | None], pb.Instance]]
+        self._entries = {}
+
+    def fill(self, message: pb.Instance, instance: Instance) -> None:
+        """Write `instance` into an empty message in place."""
+        key = (instance.service_name, instance.instance_id)
+        state = (instance.revision, instance.load_percentage, instance.last_health_check)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != state:
+            base = pb.Instance()
+            fill_instance(base, instance, with_heartbeat=False)
+            if len(self._entries) >= self._size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = entry = (state, base)
+        message.CopyFrom(entry[1])
+        if instance.last_heartbeat is not None:
+            _set_time(message.last_heartbeat, instance.last_heartbeat)
 
 
 def _set_time(field: Timestamp, seconds: float) -> None:

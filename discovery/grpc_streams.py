@@ -21,7 +21,7 @@ import grpc
 
 from discovery.core import DiscoveryCore
 from discovery.errors import DiscoveryError
-from discovery.grpc_codec import EVENT_TO_PB, fill_instance, instance_to_pb
+from discovery.grpc_codec import EVENT_TO_PB, InstanceMessages, instance_to_pb
 from discovery.grpc_status import authorization, status_for
 from discovery.keepalive import KeepAliveSession, KeepAliveSessions
 from discovery.v1 import discovery_pb2 as pb
@@ -74,6 +74,7 @@ class StreamServicer(Protocol):
 
     core: DiscoveryCore
     keepalive_sessions: KeepAliveSessions
+    instance_messages: InstanceMessages
 
 
 async def watch(servicer: StreamServicer, request: pb.WatchRequest, context: Context) -> None:
@@ -103,7 +104,9 @@ async def watch(servicer: StreamServicer, request: pb.WatchRequest, context: Con
 # -- KeepAlive --------------------------------------------------------------------------------
 
 
-def _ack(session: KeepAliveSession, request: pb.KeepAliveRequest) -> pb.KeepAliveResponse:
+def _ack(
+    session: KeepAliveSession, request: pb.KeepAliveRequest, messages: InstanceMessages
+) -> pb.KeepAliveResponse:
     load = request.load_percentage if request.HasField("load_percentage") else None
     ack = pb.KeepAliveResponse(service_name=request.service_name, instance_id=request.instance_id)
     try:
@@ -112,7 +115,7 @@ def _ack(session: KeepAliveSession, request: pb.KeepAliveRequest) -> pb.KeepAliv
         ack.code = status_for(exc).value[0]
         ack.message = exc.message
     else:
-        fill_instance(ack.instance, instance)
+        messages.fill(ack.instance, instance)
     return ack
 
 
@@ -182,6 +185,7 @@ async def keep_alive(
     `requests`): it spares a generator step per request and per ack.
     """
     sessions = servicer.keepalive_sessions
+    messages = servicer.instance_messages
     try:
         servicer.core.auth.check(authorization(context))
         session = sessions.open()
@@ -190,7 +194,7 @@ async def keep_alive(
     inbox = _Inbox(context, sessions.stopping)
     try:
         while (request := await inbox.next()) is not None:
-            await context.write(_ack(session, request))
+            await context.write(_ack(session, request, messages))
         if inbox.stopped:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
     finally:

@@ -175,13 +175,15 @@ class Registry:
     def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
         """Record a heartbeat (and a pushed load); `InstanceNotFound` when unknown."""
         instance = self.require(service_name, instance_id)
-        healthy_before = instance.healthy
+        status_before = instance.status
         instance.last_heartbeat = self._clock.time()
         self._mark_seen(instance)
         if load is not None:
             instance.load_percentage = load
         self._revive(instance)
-        self._settle(instance, healthy_before)
+        if load is not None or instance.status is not status_before:
+            # Otherwise nothing a watcher or an alert could see has changed (the common case).
+            self._settle(instance, status_before is HealthStatus.HEALTHY)
         return instance
 
     def unregister(self, service_name: str, instance_id: str) -> Instance:
