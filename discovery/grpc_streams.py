@@ -137,6 +137,15 @@ class _Inbox:
     def stopped(self) -> bool:
         return self._stopping.done()
 
+    def pop(self) -> pb.KeepAliveRequest | None:
+        """The next request if one is already read (the usual case under load); None when
+        none is, or once shutdown began."""
+        if not self._buffer or self._stopping.done():
+            return None
+        if self._pump is not None and not self._pump.done():
+            self._pump.set_result(None)
+        return self._buffer.popleft()
+
     async def next(self) -> pb.KeepAliveRequest | None:
         """The next request; None when the client has closed its side or shutdown began."""
         while not self._buffer:
@@ -144,9 +153,7 @@ class _Inbox:
                 return None
             self._handler = asyncio.get_running_loop().create_future()
             await self._handler
-        if self._pump is not None and not self._pump.done():
-            self._pump.set_result(None)
-        return self._buffer.popleft()
+        return self.pop()
 
     def close(self) -> None:
         self._stopping.remove_done_callback(self._wake_handler)
@@ -193,7 +200,10 @@ async def keep_alive(
         await context.abort(status_for(exc), exc.message)
     inbox = _Inbox(context, sessions.stopping)
     try:
-        while (request := await inbox.next()) is not None:
+        while True:
+            request = inbox.pop()
+            if request is None and (request := await inbox.next()) is None:
+                break
             await context.write(_ack(session, request, messages))
         if inbox.stopped:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
