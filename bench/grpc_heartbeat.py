@@ -1,10 +1,13 @@
 """gRPC heartbeats: unary `Heartbeat` against a bare grpc.aio server, KeepAlive against unary.
+Unary `Register` against the bare server too, for the record (the targets table sets none).
 
 Both servers hold the same heartbeat-only instances (registered up front). The load generator
 (`bench.grpc_load`) runs on core 1: unary calls on several channels with many calls in flight,
 each checked for status OK; then KeepAlive streams, each keeping its share of the instances
 alive with a window of unacknowledged heartbeats, each ack checked for code 0 and the
-instance. Ours and the baseline are measured in turn, repetition by repetition.
+instance. Registrations re-register the same instances at the same address (what a restarted
+service does), each checked for status OK. Ours and the baseline are measured in turn,
+repetition by repetition.
 
     python -m bench.grpc_heartbeat [--smoke]
 """
@@ -29,6 +32,10 @@ FIGURES = {
     "keepalive": (
         "KeepAlive stream heartbeats/s vs our unary Heartbeat",
         Target("ratio_min", 3.0),
+    ),
+    "grpc_register": (
+        "gRPC unary Register req/s vs bare grpc.aio unary",
+        Target("none", 0),
     ),
 }
 REGISTER = "/discovery.v1.DiscoveryService/Register"
@@ -56,8 +63,8 @@ def names(size: Size) -> list[tuple[str, str]]:
     return [(f"svc-{n % 10}", f"i-{n}") for n in range(size.instances)]
 
 
-async def register_all(channels: Channels, size: Size) -> None:
-    requests = [
+def registrations(size: Size) -> list[bytes]:
+    return [
         pb.RegisterRequest(
             service_name=service,
             instance_id=instance,
@@ -68,8 +75,11 @@ async def register_all(channels: Channels, size: Size) -> None:
         ).SerializeToString()
         for service, instance in names(size)
     ]
+
+
+async def register_all(channels: Channels, size: Size) -> None:
     register = channels.channels[0].unary_unary(REGISTER)
-    for request in requests:
+    for request in registrations(size):
         await register(request, metadata=GRPC_AUTH)
 
 
@@ -84,6 +94,7 @@ class Runs:
 
 
 Load = Callable[[Process, float], Awaitable[tuple[LoadResult, Usage]]]
+UnaryLoad = Callable[[Process, float, str, list[bytes]], Awaitable[tuple[LoadResult, Usage]]]
 
 
 def load_client() -> tuple[str, str]:
@@ -95,33 +106,52 @@ def load_client() -> tuple[str, str]:
     return "node", ""
 
 
-async def run(ours: Process, bare: Process, size: Size) -> tuple[Runs, Runs, Runs]:
-    unary_ours, unary_bare, stream_ours = Runs([], []), Runs([], []), Runs([], [])
+@dataclass
+class Measured:
+    unary_ours: Runs
+    unary_bare: Runs
+    stream_ours: Runs
+    register_ours: Runs
+    register_bare: Runs
+
+
+async def run(ours: Process, bare: Process, size: Size) -> Measured:
+    runs = Measured(*(Runs([], []) for _ in range(5)))
     for server in (ours, bare):
         async with Channels(target(server), 1) as channels:
             await register_all(channels, size)
     unary, stream = loads(size)
+    beats = [
+        pb.HeartbeatRequest(service_name=s, instance_id=i).SerializeToString()
+        for s, i in names(size)
+    ]
+    registers = registrations(size)
     if size.warmup:
-        (await unary(ours, size.warmup))[0].checked("warm-up")
-        (await unary(bare, size.warmup))[0].checked("warm-up")
+        for server in (ours, bare):
+            (await unary(server, size.warmup, HEARTBEAT, beats))[0].checked("warm-up")
+            (await unary(server, size.warmup, REGISTER, registers))[0].checked("warm-up")
         (await stream(ours, size.warmup))[0].checked("warm-up")
     for _ in range(size.repeat):
-        unary_ours.add(*await unary(ours, size.seconds), "ours, unary Heartbeat")
-        unary_bare.add(*await unary(bare, size.seconds), "bare grpc.aio, unary Heartbeat")
-        stream_ours.add(*await stream(ours, size.seconds), "ours, KeepAlive")
-    return unary_ours, unary_bare, stream_ours
+        for runs_of, server, who in (
+            (runs.unary_ours, ours, "ours"),
+            (runs.unary_bare, bare, "bare grpc.aio"),
+        ):
+            runs_of.add(*await unary(server, size.seconds, HEARTBEAT, beats), f"{who}, Heartbeat")
+        runs.stream_ours.add(*await stream(ours, size.seconds), "ours, KeepAlive")
+        for runs_of, server, who in (
+            (runs.register_ours, ours, "ours"),
+            (runs.register_bare, bare, "bare grpc.aio"),
+        ):
+            runs_of.add(*await unary(server, size.seconds, REGISTER, registers), f"{who}, Register")
+    return runs
 
 
 def target(server: Process) -> str:
     return f"127.0.0.1:{server.ports['gRPC']}"
 
 
-def loads(size: Size) -> tuple[Load, Load]:
+def loads(size: Size) -> tuple[UnaryLoad, Load]:
     """The unary and KeepAlive loads: from Node when it can be had, else from Python."""
-    beats = [
-        pb.HeartbeatRequest(service_name=s, instance_id=i).SerializeToString()
-        for s, i in names(size)
-    ]
     if load_client()[0] == "node":
         keepalives = [
             pb.KeepAliveRequest(service_name=s, instance_id=i).SerializeToString()
@@ -129,9 +159,11 @@ def loads(size: Size) -> tuple[Load, Load]:
         ]
         auth = dict(GRPC_AUTH)["authorization"]
 
-        async def unary(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+        async def unary(
+            server: Process, seconds: float, method: str, bodies: list[bytes]
+        ) -> tuple[LoadResult, Usage]:
             return await asyncio.to_thread(
-                node_load, target(server), "unary", HEARTBEAT, beats, server=server,
+                node_load, target(server), "unary", method, bodies, server=server,
                 seconds=seconds, connections=size.channels, in_flight=size.in_flight,
                 authorization=auth,
             )  # fmt: skip
@@ -145,10 +177,12 @@ def loads(size: Size) -> tuple[Load, Load]:
 
         return unary, stream
 
-    async def python_unary(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
+    async def python_unary(
+        server: Process, seconds: float, method: str, bodies: list[bytes]
+    ) -> tuple[LoadResult, Usage]:
         async with Channels(target(server), size.channels) as channels:
             with usage(server) as used:
-                result = await channels.unary(HEARTBEAT, beats, size.in_flight, seconds, GRPC_AUTH)
+                result = await channels.unary(method, bodies, size.in_flight, seconds, GRPC_AUTH)
         return result, used
 
     async def python_stream(server: Process, seconds: float) -> tuple[LoadResult, Usage]:
@@ -168,7 +202,8 @@ def measure(smoke: bool) -> list[Row]:
         discovery_server() as ours,
         python_module("bench.baselines.bare_grpc", kinds=("gRPC",)) as bare,
     ):
-        unary_ours, unary_bare, stream_ours = asyncio.run(run(ours, bare, size))
+        runs = asyncio.run(run(ours, bare, size))
+    unary_ours, unary_bare, stream_ours = runs.unary_ours, runs.unary_bare, runs.stream_ours
     client, why = load_client()
     generator = (
         "Node load generator (bench/grpc_load.cjs)"
@@ -208,7 +243,22 @@ def measure(smoke: bool) -> list[Row]:
     )
     stream.note_usage("KeepAlive", stream_ours.usages)
     stream.note_usage("unary", unary_ours.usages)
-    return [unary, stream]
+    title, target = FIGURES["grpc_register"]
+    register = Row(
+        "grpc_register",
+        title,
+        target,
+        Sample(runs.register_ours.values, "req/s"),
+        Sample(runs.register_bare.values, "req/s"),
+        "bare grpc.aio",
+        notes=[
+            unary_note.replace("instances;", "instances re-registered at the same address;"),
+            "no target: ours validates, authorizes and keeps history; the bare server stores",
+        ],
+    )
+    register.note_usage("ours", runs.register_ours.usages)
+    register.note_usage("bare grpc.aio", runs.register_bare.usages)
+    return [unary, stream, register]
 
 
 def per_cpu(stream: Runs, unary: Runs) -> str:

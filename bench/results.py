@@ -59,18 +59,21 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-Kind = Literal["ratio_min", "ratio_max", "min", "max"]
+Kind = Literal["ratio_min", "ratio_max", "min", "max", "none"]
 
 
 @dataclass(frozen=True)
 class Target:
-    """`ratio_min`: ours / baseline >= value; `ratio_max`: <= value; `min` / `max`: ours alone."""
+    """`ratio_min`: ours / baseline >= value; `ratio_max`: <= value; `min` / `max`: ours alone;
+    `none`: a figure reported for the record, with no target to meet."""
 
     kind: Kind
     value: float
     unit: str = ""
 
     def __str__(self) -> str:
+        if self.kind == "none":
+            return "-"
         sign = ">=" if self.kind in ("ratio_min", "min") else "<="
         if self.kind.startswith("ratio"):
             return f"{sign} {self.value:g}x"
@@ -119,7 +122,7 @@ class Row:
 
     @property
     def met(self) -> bool | None:
-        if self.status != "measured" or self.ours is None:
+        if self.status != "measured" or self.ours is None or self.target.kind == "none":
             return None
         return self.target.met(self.ours.median, self.ratio)
 
@@ -208,6 +211,8 @@ def _listed(tools: object) -> str:
 def _met(row: Row) -> str:
     if row.status != "measured":
         return row.status.upper()
+    if row.met is None:
+        return "-"
     return ("yes" if row.met else "NO") + (" (load generator bound)" if row.load_bound else "")
 
 

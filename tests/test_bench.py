@@ -61,6 +61,8 @@ def test_targets_and_ratios() -> None:
     assert Target("ratio_max", 1.2).met(0, 1.3) is False
     assert Target("max", 30, "KB").met(29.9, None) is True
     assert str(Sample([1.0, 3.0, 2.0], "s")) == "2.00 s (1.00-3.00)"
+    record = Row("r", "f", Target("none", 0), Sample([5.0], "req/s"), Sample([10.0], "req/s"))
+    assert (record.met, record.ratio, str(record.target)) == (None, 0.5, "-")
 
 
 def test_percentile_is_a_measured_value() -> None:
@@ -92,6 +94,6 @@ def test_harness_at_smoke_size(tmp_path: Path) -> None:
             continue
         assert row["status"] == "measured", row
         assert row["ours"]["values"], row
-        assert row["met"] in (True, False)
+        assert row["met"] in ((None,) if row["target"] == "-" else (True, False)), row
     assert (tmp_path / "smoke.md").read_text().count("\n| ") == len(expected) + 1
     assert document["machine"]["cores"]
