@@ -214,18 +214,7 @@ def measure(smoke: bool) -> list[Row]:
         f"{generator}: {size.channels} connections x {size.in_flight} calls in flight, "
         f"{size.seconds:g} s per run, {size.instances} instances; every grpc-status checked"
     )
-    title, target = FIGURES["grpc_heartbeat"]
-    unary = Row(
-        "grpc_heartbeat",
-        title,
-        target,
-        Sample(unary_ours.values, "req/s"),
-        Sample(unary_bare.values, "req/s"),
-        "bare grpc.aio",
-        notes=[unary_note],
-    )
-    unary.note_usage("ours", unary_ours.usages)
-    unary.note_usage("bare grpc.aio", unary_bare.usages)
+    unary = vs_bare("grpc_heartbeat", unary_ours, unary_bare, [unary_note])
     title, target = FIGURES["keepalive"]
     stream = Row(
         "keepalive",
@@ -243,22 +232,33 @@ def measure(smoke: bool) -> list[Row]:
     )
     stream.note_usage("KeepAlive", stream_ours.usages)
     stream.note_usage("unary", unary_ours.usages)
-    title, target = FIGURES["grpc_register"]
-    register = Row(
+    register = vs_bare(
         "grpc_register",
-        title,
-        target,
-        Sample(runs.register_ours.values, "req/s"),
-        Sample(runs.register_bare.values, "req/s"),
-        "bare grpc.aio",
-        notes=[
+        runs.register_ours,
+        runs.register_bare,
+        [
             unary_note.replace("instances;", "instances re-registered at the same address;"),
             "no target: ours validates, authorizes and keeps history; the bare server stores",
         ],
     )
-    register.note_usage("ours", runs.register_ours.usages)
-    register.note_usage("bare grpc.aio", runs.register_bare.usages)
     return [unary, stream, register]
+
+
+def vs_bare(key: str, ours: Runs, bare: Runs, notes: list[str]) -> Row:
+    """A unary figure: our calls per second against the bare grpc.aio server's."""
+    title, target = FIGURES[key]
+    row = Row(
+        key,
+        title,
+        target,
+        Sample(ours.values, "req/s"),
+        Sample(bare.values, "req/s"),
+        "bare grpc.aio",
+        notes=notes,
+    )
+    row.note_usage("ours", ours.usages)
+    row.note_usage("bare grpc.aio", bare.usages)
+    return row
 
 
 def per_cpu(stream: Runs, unary: Runs) -> str:
