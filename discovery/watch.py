@@ -26,7 +26,7 @@ from discovery.config import Settings
 from discovery.errors import ShuttingDown
 from discovery.model import Change, EventType
 from discovery.registry import Registry
-from discovery.watch_queue import MAX_BATCH_EVENTS, Watcher
+from discovery.watch_queue import MAX_BATCH_EVENTS, ProgressPacer, Watcher
 from discovery.watch_types import WatchBatch, WatchEvent, WatchSelector
 
 __all__ = ["MAX_BATCH_EVENTS", "WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
@@ -77,7 +77,7 @@ class WatchHub:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self._registry = registry
         self.max_backlog = settings.watch_max_backlog
-        self.progress_interval = settings.watch_progress_interval
+        self.pacer = ProgressPacer(settings.watch_progress_interval)
         self.closed = False
         # Index by service name; None holds the watchers of every service.
         self._plain: dict[str | None, set[Watcher]] = {}

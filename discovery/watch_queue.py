@@ -3,7 +3,7 @@
 The hub pushes shared single-event messages into the queue (pushing never waits). The stream
 that owns the watcher takes messages with `next_batch()`: first the snapshot or the replay it is
 owed, then the queue (several queued events go out as one message), and a progress message when
-it has sent nothing for the progress interval.
+it has been quiet for most of the progress interval (`ProgressPacer`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,46 @@ MAX_BATCH_EVENTS = 500
 MAX_BATCH_WEIGHT = 1 << 20
 #: Timers may fire this much early; a stream this close to its progress deadline is due.
 _TIMER_SLACK = 0.002
+#: The pacer looks at every stream this many times per progress interval.
+PACER_TICKS = 10
+
+
+class ProgressPacer:
+    """Owes a progress message to every stream quiet for 9/10 of the progress interval, so
+    that no stream stays silent for longer than the interval.
+
+    One periodic timer for all of a hub's streams, rather than one per stream: the quiet
+    streams of a tick get their progress together (several streams of a connection go out in
+    one write), and thousands of idle streams cost one timer, not thousands.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.tick = interval / PACER_TICKS
+        self._watchers: set[Watcher] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, watcher: Watcher, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchers.add(watcher)
+        if self._timer is None:
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._check)
+
+    def discard(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+        if not self._watchers and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        quiet_since = loop.time() - (self.interval - self.tick) + _TIMER_SLACK
+        for watcher in self._watchers:
+            if watcher.last_sent <= quiet_since:
+                watcher.owe_progress()
+        self._timer = loop.call_later(self.tick, self._check)
 
 
 class Watcher:
@@ -48,8 +88,7 @@ class Watcher:
         self._snapshot_revision: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_sent = 0.0
+        self.last_sent = 0.0  # loop time of the last message taken
         self._progress_due = False
 
     @property
@@ -87,8 +126,7 @@ class Watcher:
             self._closed = True
             self._queue.clear()
             self._prefix = []
-            if self._timer is not None:
-                self._timer.cancel()
+            self.hub.pacer.discard(self)
             self.hub._forget(self)
 
     def start_snapshot(self) -> None:
@@ -129,14 +167,20 @@ class Watcher:
         """A progress message: everything up to the current revision has been said."""
         return WatchBatch(self.hub.revision)
 
+    def owe_progress(self) -> None:
+        """The stream has been quiet too long: its next message is progress if nothing else."""
+        self._progress_due = True
+        self._wake()
+
     async def next_batch(self) -> WatchBatch | None:
         """The next message to send, waiting for one; progress when the stream has been quiet
         for the progress interval; None once the stream is to end."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            self._last_sent = loop.time()
-            self._arm()
+            self.last_sent = loop.time()
+            if not self._closed:
+                self.hub.pacer.add(self, loop)
         while not self._ended and not self._closed:
             batch = self.poll()
             if batch is None:
@@ -145,7 +189,7 @@ class Watcher:
                     continue
                 batch = self.progress()
             self._progress_due = False
-            self._last_sent = loop.time()
+            self.last_sent = loop.time()
             return batch
         return None
 
@@ -182,20 +226,6 @@ class Watcher:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-
-    def _arm(self) -> None:
-        # One timer per watcher, re-armed only when it fires, rather than one per wait: a change
-        # wakes every watcher, and thousands of timers made and cancelled per change add up.
-        loop = self._loop
-        if loop is None or self._closed:
-            return
-        interval = self.hub.progress_interval
-        quiet = loop.time() - self._last_sent
-        if quiet >= interval - _TIMER_SLACK:
-            self._progress_due = True
-            self._wake()
-            quiet = 0.0
-        self._timer = loop.call_later(interval - quiet, self._arm)
 
     async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
         waiter: asyncio.Future[None] = loop.create_future()

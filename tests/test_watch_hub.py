@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -13,6 +14,7 @@ from discovery.model import EventType
 from discovery.registry import Registry
 from discovery.testing import FakeClock, test_settings
 from discovery.watch import MAX_BATCH_EVENTS, WatchHub, WatchSelector
+from discovery.watch_queue import ProgressPacer
 from tests.watch_helpers import (
     ClientView,
     drain,
@@ -264,7 +266,7 @@ async def test_progress_on_a_quiet_stream() -> None:
     view.apply(await anext(stream))
     started = time.monotonic()
     progress = await asyncio.wait_for(anext(stream), 2)
-    assert time.monotonic() - started >= 0.09
+    assert time.monotonic() - started >= 0.085  # quiet for 9/10 of the interval, less slack
     assert progress.is_progress
     assert progress.synced
     assert not progress.events
@@ -296,3 +298,70 @@ def test_hub_built_on_a_populated_registry_snapshots_it() -> None:
     register(registry, "game", "game-1")
     hub = WatchHub(registry, test_settings())
     assert drain(hub.watch(ALL)).keys == expected_view(registry)
+
+
+class SteppedLoop:
+    """Just enough of an event loop for the pacer: a clock moved by hand and its timers."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Callable[[], object]]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> SteppedTimer:
+        timer = SteppedTimer(self, (self.now + delay, callback))
+        self.timers.append(timer.entry)
+        return timer
+
+    def run_until(self, moment: float) -> None:
+        while self.timers and min(self.timers, key=lambda t: t[0])[0] <= moment:
+            entry = min(self.timers, key=lambda t: t[0])
+            self.timers.remove(entry)
+            self.now = entry[0]
+            entry[1]()
+        self.now = moment
+
+
+class SteppedTimer:
+    def __init__(self, loop: SteppedLoop, entry: tuple[float, Callable[[], object]]) -> None:
+        self.loop, self.entry = loop, entry
+
+    def cancel(self) -> None:
+        if self.entry in self.loop.timers:
+            self.loop.timers.remove(self.entry)
+
+
+class QuietStream:
+    """A stream that sends its progress as soon as it is owed (as a waiting stream does)."""
+
+    def __init__(self, loop: SteppedLoop) -> None:
+        self.loop = loop
+        self.last_sent = loop.now
+        self.owed: list[float] = []
+
+    def owe_progress(self) -> None:
+        self.owed.append(self.loop.now)
+        self.last_sent = self.loop.now
+
+
+def test_pacer_keeps_every_stream_within_the_interval_on_one_timer() -> None:
+    loop = SteppedLoop()
+    pacer = ProgressPacer(10.0)
+    idle, busy = QuietStream(loop), QuietStream(loop)
+    for stream in (idle, busy):
+        pacer.add(stream, loop)  # type: ignore[arg-type]
+    loop.run_until(3.0)
+    late = QuietStream(loop)
+    pacer.add(late, loop)  # type: ignore[arg-type]
+    for second in range(4, 31):  # `busy` sends something every second
+        loop.run_until(second)
+        busy.last_sent = loop.now
+    assert len(loop.timers) == 1  # one timer for all the streams
+    assert busy.owed == []
+    assert idle.owed == pytest.approx([9.0, 18.0, 27.0])  # quiet for 9 s of the 10
+    assert late.owed == pytest.approx([12.0, 21.0, 30.0])
+    for stream in (idle, busy, late):
+        pacer.discard(stream)  # type: ignore[arg-type]
+    assert loop.timers == []  # no streams, no timer
