@@ -26,10 +26,10 @@ from discovery.config import Settings
 from discovery.errors import ShuttingDown
 from discovery.model import Change, EventType
 from discovery.registry import Registry
-from discovery.watch_queue import MAX_BATCH_EVENTS, ProgressPacer, Watcher
+from discovery.watch_queue import ProgressPacer, Watcher
 from discovery.watch_types import WatchBatch, WatchEvent, WatchSelector
 
-__all__ = ["MAX_BATCH_EVENTS", "WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
+__all__ = ["WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
 
 
 class _Fanout:

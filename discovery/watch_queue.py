@@ -110,10 +110,7 @@ class Watcher:
         if len(queue) > self.hub.max_backlog:
             queue.clear()
             self._behind = True
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            waiter.set_result(None)
+        self._wake()  # its waiter may be cancelled already (the stream is going away)
 
     def end(self) -> None:
         """Finish the stream after the current message (server shutdown)."""

@@ -13,8 +13,8 @@ from discovery.grpc_streams import encode_batch
 from discovery.model import EventType
 from discovery.registry import Registry
 from discovery.testing import FakeClock, test_settings
-from discovery.watch import MAX_BATCH_EVENTS, WatchHub, WatchSelector
-from discovery.watch_queue import ProgressPacer
+from discovery.watch import WatchHub, WatchSelector
+from discovery.watch_queue import MAX_BATCH_EVENTS, ProgressPacer
 from tests.watch_helpers import (
     ClientView,
     drain,
@@ -260,7 +260,7 @@ def test_bad_selector_names_the_field() -> None:
 async def test_progress_on_a_quiet_stream() -> None:
     registry, hub, _ = hub_on_fake_clock(watch_progress_interval=0.1)
     register(registry, "game", "game-1")
-    watcher = hub.watch(ALL)
+    watcher = hub.watch(WatchSelector(frozenset({"game"})))
     stream = aiter(watcher)
     view = ClientView()
     view.apply(await anext(stream))
@@ -273,6 +273,7 @@ async def test_progress_on_a_quiet_stream() -> None:
     register(registry, "chat", "chat-1")  # no event for a game watcher, yet progress moves on
     progress = await asyncio.wait_for(anext(stream), 2)
     view.apply(progress)
+    assert progress.is_progress
     assert progress.revision == registry.revision
     watcher.end()
     with pytest.raises(StopAsyncIteration):
@@ -365,3 +366,17 @@ def test_pacer_keeps_every_stream_within_the_interval_on_one_timer() -> None:
     for stream in (idle, busy, late):
         pacer.discard(stream)  # type: ignore[arg-type]
     assert loop.timers == []  # no streams, no timer
+
+
+async def test_a_stream_cancelled_while_waiting_costs_no_other_watcher_its_event() -> None:
+    registry, hub, _ = hub_on_fake_clock()
+    watchers = [hub.watch(ALL) for _ in range(20)]
+    for watcher in watchers:
+        drain(watcher)
+    waiting = asyncio.ensure_future(watchers[0].next_batch())
+    await asyncio.sleep(0)  # waiting for a change
+    waiting.cancel()  # its waiter is cancelled now; the stream's cleanup runs later
+    register(registry, "game", "game-1")
+    assert [w.backlog for w in watchers[1:]] == [1] * 19
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

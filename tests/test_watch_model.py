@@ -20,7 +20,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from discovery import watch
+from discovery import watch_queue
 from discovery.errors import InstanceNotFound
 from discovery.watch import Watcher, WatchSelector
 from tests.watch_helpers import (
@@ -171,7 +171,7 @@ class WatchModel(RuleBasedStateMachine):
 
 
 def test_every_watcher_ends_with_the_registrys_view(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watch, "MAX_BATCH_EVENTS", 3)  # snapshots come in several messages
+    monkeypatch.setattr(watch_queue, "MAX_BATCH_EVENTS", 3)  # snapshots come in several messages
     run_state_machine_as_test(
         WatchModel,
         settings=settings(
