@@ -90,6 +90,26 @@ async def test_client_registers_again_what_the_server_forgot(server: DiscoverySe
         await until(lambda: server.core.registry.get("game", "game-1") is not None)
 
 
+async def test_a_refused_registration_leaves_the_stream_and_its_other_instances_alone(
+    make_server: ServerFactory,
+) -> None:
+    async with make_server(max_instances=2) as server, client_for(server) as client:
+        registry = server.core.registry
+        for instance in ("game-1", "game-2"):
+            await client.register("game", instance, "10.0.0.5", 8080, health_endpoint=None)
+        await asyncio.wait_for(client.connected.wait(), 5)
+        server.core.unregister("game", "game-1")
+        add(server, "other-1", service="other")  # the limit is reached: game-1 cannot come back
+        beats = registry.require("game", "game-2").last_heartbeat
+        await until(lambda: registry.require("game", "game-2").last_heartbeat != beats)
+        await asyncio.sleep(0.3)  # several refused re-registrations, one per heartbeat
+        # A broken stream would have turned game-2 unhealthy at once (CONTRACT section 5).
+        assert registry.require("game", "game-2").status is HealthStatus.HEALTHY
+        assert registry.get("game", "game-1") is None
+        server.core.unregister("other", "other-1")
+        await until(lambda: registry.get("game", "game-1") is not None)
+
+
 class _NoKeepAlive(DiscoveryServicer):
     async def KeepAlive(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.KeepAliveRequest], context: Context
@@ -221,6 +241,48 @@ async def test_blocking_facades(server: DiscoveryServer) -> None:
     assert picked == "10.0.0.5:8080"
     assert left == []
     assert revision > 0
+
+
+async def test_changes_end_when_the_watcher_closes(server: DiscoveryServer) -> None:
+    watcher = ServiceWatcher(server.grpc_target, ["game"], backoff=fast())
+    await watcher.wait_synced()
+    changes = watcher.changes()
+    pending = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0.01)
+    await watcher.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 2)
+    assert [change async for change in watcher.changes()] == []  # closed: ends at once
+
+
+async def test_blocking_client_set_load_reaches_the_server_and_close_is_idempotent(
+    server: DiscoveryServer,
+) -> None:
+    registry = server.core.registry
+
+    def scenario() -> None:
+        client = SyncDiscoveryClient(
+            server.grpc_target, secret=SECRET, backoff=fast(), heartbeat_interval=0.05
+        )
+        client.register("game", "game-1", "10.0.0.5", 8080, health_endpoint=None)
+        with pytest.raises(KeyError):
+            client.set_load("game", "not-registered", 0.5)
+        client.set_load("game", "game-1", 0.5)
+        deadline = time.monotonic() + 5
+        while registry.require("game", "game-1").load_percentage != 0.5:
+            assert time.monotonic() < deadline, "load not reported in time"
+            time.sleep(0.01)
+        client.close()
+        client.close()
+
+    await asyncio.to_thread(scenario)
+    assert registry.get("game", "game-1") is None
+
+
+def test_backoff_past_its_cap_stays_there() -> None:
+    backoff = Backoff(initial=0.1, maximum=5.0)
+    delays = [backoff.next() for _ in range(5000)]  # over an hour of failed reconnects
+    assert all(2.5 <= d <= 5.0 for d in delays[-100:])
 
 
 def test_backoff_is_jittered_exponential_and_capped() -> None:

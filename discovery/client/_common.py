@@ -118,7 +118,8 @@ class Backoff:
     def next(self) -> float:
         """The delay before the next attempt."""
         ceiling = min(self.maximum, self.initial * self.factor**self.attempt)
-        self.attempt += 1
+        if ceiling < self.maximum:  # past the cap the exponent stops growing (no overflow)
+            self.attempt += 1
         return ceiling * (0.5 + self._rng.random() / 2)
 
     def reset(self) -> None:

@@ -154,9 +154,7 @@ class DiscoveryClient:
         self._closing = True
         keys = list(self._registrations)
         if unregister:
-            for key in keys:
-                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
-                    await asyncio.wait_for(self.unregister(*key), wait)
+            await asyncio.gather(*(self._unregister_within(key, wait) for key in keys))
         else:
             for service_name, instance_id in keys:
                 self._outbox.put_nowait(
@@ -173,6 +171,10 @@ class DiscoveryClient:
             await self._channel.close(None)
 
     # -- internals --------------------------------------------------------------------------
+
+    async def _unregister_within(self, key: Key, wait: float) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.unregister(*key), wait)
 
     def _beat(self, service_name: str, instance_id: str) -> None:
         registration = self._registrations.get((service_name, instance_id))
@@ -252,9 +254,7 @@ class DiscoveryClient:
             return getter.result()
         return self._outbox.get_nowait()
 
-    async def _read_acks(
-        self, call: grpc.aio.StreamStreamCall[pb.KeepAliveRequest, pb.KeepAliveResponse]
-    ) -> None:
+    async def _read_acks(self, call: _KeepAliveCall) -> None:
         async for ack in call:
             if ack.code == 0:
                 self._backoff.reset()
@@ -271,7 +271,13 @@ class DiscoveryClient:
         if registration is None or self._closing:
             return
         log.info("Server forgot %s:%s; registering it again", *key)
-        await self._stub.Register(registration.request, metadata=self._metadata)
+        try:
+            await self._stub.Register(registration.request, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            # Refused (limits, a new secret...): the stream and the other instances on it go
+            # on; the next NOT_FOUND heartbeat tries again.
+            log.warning("Registering %s:%s again failed: %s", *key, exc.code().name)
+            return
         self._beat(*key)
 
     async def _unary_session(self) -> None:

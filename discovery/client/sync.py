@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -28,13 +28,32 @@ class _LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self.stopped = False
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+        """Run `coroutine` on the loop and wait for its result (cancelled on time-out)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        """Call a plain function on the loop's thread; its result or error comes back here."""
+
+        async def call() -> T:
+            return function(*args)
+
+        return self.run(call())
 
     def stop(self) -> None:
+        """Stop the loop and its thread (idempotent)."""
+        if self.stopped:
+            return
+        self.stopped = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
@@ -66,7 +85,11 @@ class SyncDiscoveryClient(_Closing):
         async def build() -> DiscoveryClient:
             return DiscoveryClient(target, secret=secret, **options)
 
-        self._client = self._thread.run(build())
+        try:
+            self._client = self._thread.run(build())
+        except BaseException:
+            self._thread.stop()
+            raise
 
     def register(
         self,
@@ -91,17 +114,17 @@ class SyncDiscoveryClient(_Closing):
         )
 
     def set_load(self, service_name: str, instance_id: str, load: float | None) -> None:
-        """See `DiscoveryClient.set_load`."""
-        self._thread.loop.call_soon_threadsafe(
-            self._client.set_load, service_name, instance_id, load
-        )
+        """See `DiscoveryClient.set_load` (KeyError for an instance not registered here)."""
+        self._thread.call(self._client.set_load, service_name, instance_id, load)
 
     def unregister(self, service_name: str, instance_id: str) -> None:
         """See `DiscoveryClient.unregister`."""
         self._thread.run(self._client.unregister(service_name, instance_id))
 
     def close(self, *, unregister: bool = True) -> None:
-        """See `DiscoveryClient.close`; also stops the background thread."""
+        """See `DiscoveryClient.close`; also stops the background thread. Idempotent."""
+        if self._thread.stopped:
+            return
         try:
             self._thread.run(self._client.close(unregister=unregister))
         finally:
@@ -131,7 +154,11 @@ class SyncServiceWatcher(_Closing):
             watcher = ServiceWatcher(
                 target, services, healthy_only=healthy_only, on_change=on_change, **options
             )
-            await watcher.wait_synced()
+            try:
+                await watcher.wait_synced()
+            except BaseException:
+                await watcher.close()
+                raise
             return watcher
 
         try:
@@ -153,7 +180,9 @@ class SyncServiceWatcher(_Closing):
         return self._watcher.pick(service, strategy)
 
     def close(self) -> None:
-        """Stop following and stop the background thread."""
+        """Stop following and stop the background thread. Idempotent."""
+        if self._thread.stopped:
+            return
         try:
             self._thread.run(self._watcher.close(), 10)
         finally:

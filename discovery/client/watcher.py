@@ -79,7 +79,8 @@ class ServiceWatcher:
         self._frozen: dict[str, tuple[ServiceInstance, ...]] = {}
         self._pending: View | None = None  # a snapshot being received
         self._turns: dict[str, itertools.count[int]] = {}
-        self._subscribers: list[asyncio.Queue[InstanceChange]] = []
+        self._subscribers: list[asyncio.Queue[InstanceChange | None]] = []  # None: the end
+        self._ended = False
         self._synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.revision = 0
@@ -87,8 +88,11 @@ class ServiceWatcher:
         self.reconnects = 0
 
     async def __aenter__(self) -> Self:
-        self.start()
-        await self.wait_synced()
+        try:
+            await self.wait_synced()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -103,6 +107,7 @@ class ServiceWatcher:
         """Start following (idempotent)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="discovery-watch")
+            self._task.add_done_callback(self._end_changes)
 
     async def wait_synced(self) -> None:
         """Wait until the view is complete (the first snapshot has arrived)."""
@@ -124,6 +129,7 @@ class ServiceWatcher:
         if self._task is not None:
             # A refusal (INVALID_ARGUMENT) that stopped it was raised by wait_synced() already.
             await stop_task(self._task, 0)
+        self._end_changes()
         if self._own_channel:
             await self._channel.close(None)
 
@@ -155,12 +161,15 @@ class ServiceWatcher:
         return candidates[turn % len(candidates)]
 
     async def changes(self) -> AsyncIterator[InstanceChange]:
-        """Every change from now on, in order, until the watcher is closed."""
-        queue: asyncio.Queue[InstanceChange] = asyncio.Queue()
+        """Every change from now on, in order, until the watcher is closed (or stopped by a
+        refusal of its request)."""
+        if self._ended:
+            return
+        queue: asyncio.Queue[InstanceChange | None] = asyncio.Queue()
         self._subscribers.append(queue)
         try:
-            while True:
-                yield await queue.get()
+            while (change := await queue.get()) is not None:
+                yield change
         finally:
             self._subscribers.remove(queue)
 
@@ -230,14 +239,24 @@ class ServiceWatcher:
             await self._emit(change)
 
     def _freeze(self, names: Iterable[str]) -> None:
-        """Publish immutable copies of the changed services, for `pick()` from any thread."""
+        """Publish immutable copies of the changed services, for `pick()` and `instances()`
+        from any thread: a new dict replaces the old one, which is never changed in place."""
+        frozen = dict(self._frozen)
         for name in names:
             instances = self._view.get(name)
             if instances:
-                self._frozen[name] = tuple(instances.values())
+                frozen[name] = tuple(instances.values())
             else:
                 self._view.pop(name, None)
-                self._frozen.pop(name, None)
+                frozen.pop(name, None)
+        self._frozen = frozen
+
+    def _end_changes(self, _: object = None) -> None:
+        """End every `changes()` iteration (once the watcher stopped)."""
+        if not self._ended:
+            self._ended = True
+            for queue in self._subscribers:
+                queue.put_nowait(None)
 
     async def _emit(self, change: InstanceChange) -> None:
         for queue in self._subscribers:
