@@ -111,12 +111,10 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
 
     @_unary(write=True)
     def Heartbeat(self, request: pb.HeartbeatRequest, context: Context) -> pb.HeartbeatResponse:
-        validation.check_service_name(request.service_name)
-        validation.check_instance_id(request.instance_id)
-        load = (
-            validation.check_load(request.load_percentage)
-            if request.HasField("load_percentage")
-            else None
+        load = validation.heartbeat(
+            request.service_name,
+            request.instance_id,
+            request.load_percentage if request.HasField("load_percentage") else None,
         )
         instance = self.core.heartbeat(request.service_name, request.instance_id, load)
         response = pb.HeartbeatResponse()

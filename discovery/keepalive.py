@@ -70,10 +70,10 @@ class KeepAliveSession:
     ) -> Instance:
         """One request: a heartbeat, then hold or (with `detach`) release the instance.
 
-        Raises `InvalidArgument` (bad load) or `InstanceNotFound` and changes nothing then.
+        Raises `InvalidArgument` (bad name or load) or `InstanceNotFound` and changes nothing
+        then.
         """
-        if load is not None:
-            load = validation.check_load(load)
+        load = validation.heartbeat(service_name, instance_id, load)
         instance = self._core.heartbeat(service_name, instance_id, load)
         key = instance.key
         if detach:

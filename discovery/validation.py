@@ -136,3 +136,10 @@ def registration(
         health_endpoint=None if health_endpoint is None else check_health_endpoint(health_endpoint),
         metadata=check_metadata(metadata),
     )
+
+
+def heartbeat(service_name: str, instance_id: str, load: float | None) -> float | None:
+    """The checks of a heartbeat over gRPC (unary or KeepAlive); returns the load."""
+    check_service_name(service_name)
+    check_instance_id(instance_id)
+    return None if load is None else check_load(load)

@@ -19,6 +19,7 @@ from discovery.model import HealthStatus, Registration
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import GRPC_AUTH, SECRET, ServerFactory
+from tests.instances import fake_instances
 
 KeepAliveCall = grpc.aio.StreamStreamCall[pb.KeepAliveRequest, pb.KeepAliveResponse]
 
@@ -72,6 +73,8 @@ async def test_acks_and_error_acks_keep_the_stream_open(
     assert invalid.code == 3
     assert "load_percentage" in invalid.message
     assert server.core.registry.require("game", "game-1").load_percentage == pytest.approx(0.4)
+    bad_id = await beat(keepalive, "-bad id")  # as over REST and unary: INVALID_ARGUMENT
+    assert (bad_id.code, "instance_id" in bad_id.message) == (3, True)
     again = await beat(keepalive, "game-1")  # still open after error acks
     assert again.code == 0
 
@@ -198,31 +201,33 @@ async def test_a_killed_client_process_makes_its_instances_unhealthy_within_a_se
     server: DiscoveryServer,
 ) -> None:
     add(server, "game-1")
-    add(server, "game-2", probed=True)
-    server.core.registry.record_health(
-        server.core.registry.require("game", "game-2"), HealthStatus.HEALTHY, None
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        CLIENT,
-        server.grpc_target,
-        SECRET,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 20)
-        assert line.strip() == b"ready"
-        assert status(server, "game-1") is HealthStatus.HEALTHY
-        process.send_signal(signal.SIGKILL)
-        took = await until(
-            lambda: all(status(server, i) is HealthStatus.UNHEALTHY for i in ("game-1", "game-2")),
-            within=1.0,
+    async with fake_instances() as fleet:
+        fleet.answer("/health", 200, {"status": "UP"})  # probes alone keep game-2 healthy
+        server.core.register(Registration("game", "game-2", "127.0.0.1", fleet.port, "/health"))
+        await until(lambda: status(server, "game-2") is HealthStatus.HEALTHY)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CLIENT,
+            server.grpc_target,
+            SECRET,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
         )
-        assert took < 1.0
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+        try:
+            assert process.stdout is not None
+            line = await asyncio.wait_for(process.stdout.readline(), 20)
+            assert line.strip() == b"ready"
+            assert status(server, "game-1") is HealthStatus.HEALTHY
+            process.send_signal(signal.SIGKILL)
+            took = await until(
+                lambda: all(
+                    status(server, i) is HealthStatus.UNHEALTHY for i in ("game-1", "game-2")
+                ),
+                within=1.0,
+            )
+            assert took < 1.0
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
