@@ -138,8 +138,12 @@ def _is_json(scope: Scope) -> bool:
     """The body is declared JSON, as FastAPI requires before it parses one."""
     for name, value in scope["headers"]:
         if name == b"content-type":
+            # As FastAPI decides: main type `application`, subtype `json` or `...+json`.
             media: bytes = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or media.endswith(b"+json")
+            if media.count(b"/") != 1:
+                return False
+            main, sub = media.split(b"/")
+            return main == b"application" and (sub == b"json" or sub.endswith(b"+json"))
     return False
 
 

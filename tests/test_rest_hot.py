@@ -129,6 +129,10 @@ async def test_cached_reads_follow_every_change(
             b'{"service_name": "game", "instance_id": "a"}',
             {"content-type": "application/merge-patch+json; charset=utf-8"},
         ),
+        *(
+            (b'{"service_name": "game", "instance_id": "a"}', {"content-type": media})
+            for media in ("text/x+json", "foo/bar+json", "+json", "application/json/x")
+        ),
     ],
 )
 async def test_heartbeats_answer_as_the_route_does(
