@@ -155,8 +155,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     def ListAlerts(self, request: pb.ListAlertsRequest, context: Context) -> pb.ListAlertsResponse:
         return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
 
-    # The streaming RPCs (discovery.grpc_streams), bound as methods: grpc.aio needs async
-    # generator functions, and Watch yields pre-serialized bytes (see _WatchAsBytes).
+    # The streaming RPCs (discovery.grpc_streams), bound as methods: coroutines that read and
+    # write through their context; Watch writes pre-serialized bytes (see _WatchAsBytes).
     KeepAlive = keep_alive  # type: ignore[assignment]
     Watch = watch  # type: ignore[assignment]
 

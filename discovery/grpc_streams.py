@@ -1,7 +1,7 @@
 """The streaming RPCs of discovery.v1: Watch over the watch hub, KeepAlive over its sessions.
 
-Both are bound as methods of `DiscoveryServicer` (grpc.aio wants async generator functions
-there, and a delegating generator would add a layer to every message).
+Both are bound as methods of `DiscoveryServicer`, as coroutines that read and write through the
+call's context (an async generator would add a step to every message).
 
 Watch messages leave as bytes. A change's event is serialized once (cached on the shared
 `WatchEvent`) and every stream that carries it sends those same bytes, so the Watch handler is

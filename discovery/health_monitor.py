@@ -76,8 +76,6 @@ class HealthMonitor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._in_flight = 0
-        #: Probes started so far (for benches and diagnostics).
-        self.probes_sent = 0
 
     # -- what the registry calls ------------------------------------------------------------
 
@@ -152,7 +150,6 @@ class HealthMonitor:
 
     def _launch(self, target: _Target) -> None:
         self._in_flight += 1
-        self.probes_sent += 1
         task = asyncio.get_running_loop().create_task(self._probe(target))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

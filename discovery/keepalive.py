@@ -43,10 +43,6 @@ class KeepAliveSessions:
                 self._stopping.set_result(None)
         return self._stopping
 
-    def held(self, service_name: str, instance_id: str) -> int:
-        """How many open streams hold the instance."""
-        return self._holders[(service_name, instance_id)]
-
     def _stop(self) -> None:
         if self._stopping is not None and not self._stopping.done():
             self._stopping.set_result(None)
@@ -60,10 +56,6 @@ class KeepAliveSession:
         self._holders = holders
         self._held: set[Key] = set()
         self._closed = False
-
-    @property
-    def held(self) -> frozenset[Key]:
-        return frozenset(self._held)
 
     def beat(
         self, service_name: str, instance_id: str, load: float | None, detach: bool = False

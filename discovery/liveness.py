@@ -22,12 +22,6 @@ class Deadlines:
         # is how an entry moves to the back. Instances hash by identity.
         self._at: dict[Instance, float] = {}
 
-    def __len__(self) -> int:
-        return len(self._at)
-
-    def __contains__(self, instance: Instance) -> bool:
-        return instance in self._at
-
     def touch(self, instance: Instance, at: float) -> None:
         """`instance` was heard from at `at` (not earlier than any time given before)."""
         self._at.pop(instance, None)

@@ -7,12 +7,12 @@ refuse exactly the same values; a refusal is FastAPI's usual 422 naming the fiel
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from discovery import validation
+from discovery.clock import iso8601
 from discovery.errors import InvalidArgument
 from discovery.model import DEFAULT_HEALTH_ENDPOINT, Alert, Instance, Registration
 
@@ -176,19 +176,14 @@ class InstanceRecord(BaseModel):
             load_percentage=instance.load_percentage,
             critical_load=instance.critical_load,
             metadata=instance.metadata,
-            registered_at=iso(instance.registered_at),
+            registered_at=iso8601(instance.registered_at),
             last_heartbeat=iso_or_none(instance.last_heartbeat),
             last_health_check=iso_or_none(instance.last_health_check),
         )
 
 
-def iso(timestamp: float) -> str:
-    """ISO 8601 in UTC with an explicit offset, as the legacy API wrote it."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
-
-
 def iso_or_none(timestamp: float | None) -> str | None:
-    return None if timestamp is None else iso(timestamp)
+    return None if timestamp is None else iso8601(timestamp)
 
 
 def seconds(value: float) -> int | float:
@@ -237,7 +232,7 @@ class AlertRecord(BaseModel):
             instance_id=alert.instance_id,
             load_percentage=alert.load_percentage,
             threshold=alert.threshold,
-            since=iso(alert.since),
+            since=iso8601(alert.since),
         )
 
 
