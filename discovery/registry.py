@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -59,7 +58,6 @@ class Registry:
         self._count = 0
         # A counter started from the clock never goes back across restarts.
         self._revision = int(clock.time() * 1_000_000)
-        self._history: deque[Change] = deque(maxlen=settings.watch_history_size)
         self._metadata = MetadataPool()
         # Every instance by its last registration or heartbeat (for the TTL) ...
         self._seen = Deadlines()
@@ -127,17 +125,6 @@ class Registry:
     def version(self) -> int:
         """Changes whenever anything in the registry changes, timestamps included."""
         return self._version
-
-    def changes_since(self, revision: int) -> list[Change] | None:
-        """The changes after `revision`, or None when the history cannot tell them all."""
-        # The history is contiguous: one change per revision, oldest first.
-        floor = self._history[0].revision - 1 if self._history else self._revision
-        if revision < floor or revision > self._revision:
-            return None
-        if not self._history:
-            return []
-        start = revision - self._history[0].revision + 1
-        return list(itertools.islice(self._history, start, None))
 
     # -- listening --------------------------------------------------------------------------
 
@@ -356,7 +343,6 @@ class Registry:
         instance.revision = self._revision
         instance.published = snapshot = instance.snapshot()
         change = Change(kind, snapshot, self._revision, healthy_before)
-        self._history.append(change)
         for listener in self._listeners:
             try:
                 listener(change)

@@ -20,6 +20,7 @@ into their own messages.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 from discovery.config import Settings
@@ -155,27 +156,29 @@ class WatchHub:
                     del index[name]
 
     def _replay(self, selector: WatchSelector) -> list[WatchEvent] | None:
-        changes = self._registry.changes_since(selector.start_revision)
-        if changes is None:
+        fanouts = self._since(selector.start_revision)
+        if fanouts is None:
             return None
         services = selector.services
         events: list[WatchEvent] = []
-        for change in changes:
-            if services and change.instance.service_name not in services:
+        for fanout in fanouts:
+            if services and fanout.change.instance.service_name not in services:
                 continue
-            fanout = self._fanout_of(change)
             event = fanout.for_healthy_only() if selector.healthy_only else fanout.event
             if event is not None:
                 events.append(event)
         return events
 
-    def _fanout_of(self, change: Change) -> _Fanout:
+    def _since(self, revision: int) -> list[_Fanout] | None:
+        """The changes after `revision`, or None when the history cannot tell them all (gone,
+        from before this registry, or ahead of it)."""
+        # Contiguous: the registry raises its revision by one per change, and tells the hub.
         recent = self._recent
-        if recent:
-            index = change.revision - recent[0].change.revision
-            if 0 <= index < len(recent) and recent[index].change is change:
-                return recent[index]
-        return _Fanout(change)
+        current = self._registry.revision
+        floor = recent[0].change.revision - 1 if recent else current
+        if revision < floor or revision > current:
+            return None
+        return list(itertools.islice(recent, revision - floor, None))
 
     def _on_change(self, change: Change) -> None:
         fanout = _Fanout(change)

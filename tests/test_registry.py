@@ -286,21 +286,6 @@ def test_critical_load_with_hysteresis_and_only_when_healthy() -> None:
     assert instance.load_percentage == 0.9
 
 
-def test_changes_since_serves_history_or_says_it_cannot() -> None:
-    registry, _, _ = make(watch_history_size=3)
-    start = registry.revision
-    assert registry.changes_since(start) == []
-    assert registry.changes_since(start - 1) is None  # from before this registry
-    assert registry.changes_since(start + 1) is None  # ahead of it
-    for i in range(5):
-        registry.register(reg(instance=f"i-{i}"))
-    assert registry.changes_since(start + 1) is None  # fell out of the history
-    tail = registry.changes_since(start + 2)
-    assert tail is not None
-    assert [c.revision for c in tail] == [start + 3, start + 4, start + 5]
-    assert registry.changes_since(registry.revision) == []
-
-
 def test_limits_refuse_without_disturbing_what_is_registered() -> None:
     registry, _, _ = make(max_instances=3, max_instances_per_service=2)
     registry.register(reg(instance="a"))

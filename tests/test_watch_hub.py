@@ -13,7 +13,7 @@ from discovery.grpc_streams import encode_batch
 from discovery.model import EventType
 from discovery.registry import Registry
 from discovery.testing import FakeClock, test_settings
-from discovery.watch import WatchHub, WatchSelector
+from discovery.watch import WatchBatch, WatchHub, WatchSelector
 from discovery.watch_queue import MAX_BATCH_EVENTS, ProgressPacer
 from tests.watch_helpers import (
     ClientView,
@@ -380,3 +380,30 @@ async def test_a_stream_cancelled_while_waiting_costs_no_other_watcher_its_event
     assert [w.backlog for w in watchers[1:]] == [1] * 19
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+def test_resume_serves_exactly_the_history_it_holds() -> None:
+    registry, hub, _ = hub_on_fake_clock(watch_history_size=3)
+    start = registry.revision
+
+    def first(revision: int) -> WatchBatch | None:
+        watcher = hub.watch(WatchSelector(start_revision=revision))
+        batch = watcher.poll()
+        watcher.close()
+        return batch
+
+    assert first(start) is None  # up to date: nothing owed
+    for revision in (start - 1, start + 1):  # from before this registry, ahead of it
+        batch = first(revision)
+        assert batch is not None
+        assert batch.reset
+    for n in range(5):
+        register(registry, "game", f"game-{n}")
+    gone = first(start + 1)  # its next change fell out of the history
+    assert gone is not None
+    assert gone.reset
+    tail = first(start + 2)
+    assert tail is not None
+    assert not tail.reset
+    assert [e.revision for e in tail.events] == [start + 3, start + 4, start + 5]
+    assert first(registry.revision) is None
