@@ -27,9 +27,6 @@ class Deadlines:
         self._at.pop(instance, None)
         self._at[instance] = at
 
-    def last_heard(self, instance: Instance) -> float | None:
-        return self._at.get(instance)
-
     def discard(self, instance: Instance) -> None:
         self._at.pop(instance, None)
 

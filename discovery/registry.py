@@ -152,8 +152,8 @@ class Registry:
         )
         self._services.setdefault(instance.service_name, {})[instance.instance_id] = instance
         self._count += 1
-        self._mark_seen(instance)
-        self._revive(instance)
+        heard = self._mark_seen(instance)
+        self._revive(instance, heard)
         self._publish(instance, healthy_before=False)
         if not instance.heartbeat_only:
             self.probes.probe_soon(instance)
@@ -164,10 +164,10 @@ class Registry:
         instance = self.require(service_name, instance_id)
         status_before = instance.status
         instance.last_heartbeat = self._clock.time()
-        self._mark_seen(instance)
+        heard = self._mark_seen(instance)
         if load is not None:
             instance.load_percentage = load
-        self._revive(instance)
+        self._revive(instance, heard)
         if load is not None or instance.status is not status_before:
             # Otherwise nothing a watcher or an alert could see has changed (the common case).
             self._settle(instance, status_before is HealthStatus.HEALTHY)
@@ -259,7 +259,7 @@ class Registry:
         instance.host, instance.port = name(registration.host), registration.port
         instance.health_endpoint = registration.health_endpoint
         instance.metadata = metadata
-        self._mark_seen(instance)
+        heard = self._mark_seen(instance)
         if moved:
             # Another address is another process: nothing known of the old one carries over.
             # At the same address the instance keeps its health, even under a new endpoint.
@@ -271,27 +271,29 @@ class Registry:
                 self.probes.drop(instance.key)
             else:
                 self._beating.discard(instance)
-        self._revive(instance)
+        self._revive(instance, heard)
         if retarget and not instance.heartbeat_only:
             self.probes.probe_soon(instance)
         self._settle(instance, healthy_before, force=changed)
         return instance
 
-    def _revive(self, instance: Instance) -> None:
-        """A registration or heartbeat: bring back what a stale or broken liveness took."""
+    def _revive(self, instance: Instance, heard: float) -> None:
+        """A registration or heartbeat (heard at monotonic `heard`): bring back what a stale
+        or broken liveness took."""
         if instance.heartbeat_only:
             self._severed.discard(instance)
             instance.status = HealthStatus.HEALTHY
-            heard = self._seen.last_heard(instance)
-            assert heard is not None  # every registered instance has been heard from
             self._beating.touch(instance, heard)
         elif instance in self._severed:
             self._severed.discard(instance)
             self.probes.probe_soon(instance)
 
-    def _mark_seen(self, instance: Instance) -> None:
-        self._seen.touch(instance, self._clock.monotonic())
+    def _mark_seen(self, instance: Instance) -> float:
+        """Heard from now (the TTL starts over); returns that monotonic time."""
+        now = self._clock.monotonic()
+        self._seen.touch(instance, now)
         self._touch(instance.service_name)
+        return now
 
     def _touch(self, service_name: str) -> None:
         self._version = self._versions[service_name] = next(self._touches)
