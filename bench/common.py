@@ -199,7 +199,7 @@ def python_module(
 
 
 def own_cpu_seconds() -> float:
-    """CPU time of this process and of its children already waited for (wrk, h2load)."""
+    """CPU time of this process and of its children already waited for (wrk)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from bench.common import GRPC_AUTH, Process, Usage, discovery_server, python_module, usage
 from bench.grpc_load import Channels, LoadResult, node_load
 from bench.results import Row, Sample, Target, standalone
-from bench.tools import ToolMissing, ensure
+from bench.tools import node_or_python
 from discovery.v1 import discovery_pb2 as pb
 
 FIGURES = {
@@ -97,15 +97,6 @@ Load = Callable[[Process, float], Awaitable[tuple[LoadResult, Usage]]]
 UnaryLoad = Callable[[Process, float, str, list[bytes]], Awaitable[tuple[LoadResult, Usage]]]
 
 
-def load_client() -> tuple[str, str]:
-    """("node", "") when Node can be had, else ("python", why not)."""
-    try:
-        ensure("node")
-    except ToolMissing as exc:
-        return "python", str(exc)
-    return "node", ""
-
-
 @dataclass
 class Measured:
     unary_ours: Runs
@@ -152,7 +143,7 @@ def target(server: Process) -> str:
 
 def loads(size: Size) -> tuple[UnaryLoad, Load]:
     """The unary and KeepAlive loads: from Node when it can be had, else from Python."""
-    if load_client()[0] == "node":
+    if node_or_python()[0] == "node":
         keepalives = [
             pb.KeepAliveRequest(service_name=s, instance_id=i).SerializeToString()
             for s, i in names(size)
@@ -204,7 +195,7 @@ def measure(smoke: bool) -> list[Row]:
     ):
         runs = asyncio.run(run(ours, bare, size))
     unary_ours, unary_bare, stream_ours = runs.unary_ours, runs.unary_bare, runs.stream_ours
-    client, why = load_client()
+    client, why = node_or_python()
     generator = (
         "Node load generator (bench/grpc_load.cjs)"
         if client == "node"

@@ -5,7 +5,7 @@
 //
 //   node bench/grpc_load.cjs --target HOST:PORT --mode unary|keepalive --method PATH \
 //       --requests FILE --seconds S --connections C --in-flight N [--streams K] \
-//       [--authorization "Bearer ..."] [--warmup S]
+//       [--authorization "Bearer ..."]
 //
 // FILE holds a JSON list of hex-encoded request messages. unary: N calls in flight on each of
 // C connections, each sending the next request; a call counts when its grpc-status is 0.

@@ -52,7 +52,6 @@ class Channels:
     """`count` connected channels to `target`."""
 
     def __init__(self, target: str, count: int) -> None:
-        self.target = target
         self.channels = [grpc.aio.insecure_channel(target, options=OPTIONS) for _ in range(count)]
 
     async def __aenter__(self) -> Channels:

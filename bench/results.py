@@ -233,7 +233,8 @@ def markdown(rows: Sequence[Row], about: dict[str, object], mode: str) -> str:
     for row in rows:
         ours = str(row.ours) if row.ours else row.reason
         base = f"{row.baseline_name}: {row.baseline}" if row.baseline else "-"
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+        # Three decimals: 2.997x must not read as a 3x that failed its target.
+        ratio = f"{row.ratio:.3f}x" if row.ratio is not None else "-"
         lines.append(f"| {row.figure} | {ours} | {base} | {ratio} | {row.target} | {_met(row)} |")
     lines += ["", "## Notes", ""]
     for row in rows:

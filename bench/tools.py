@@ -8,6 +8,7 @@ not count.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from bench.common import CLIENT_CPU, BenchError, pinned
 
-PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client", "etcd": "etcd-server", "node": "nodejs"}
+PACKAGES = {"wrk": "wrk", "etcd": "etcd-server", "node": "nodejs"}
 
 
 class ToolMissing(RuntimeError):
@@ -43,6 +44,17 @@ def ensure(*commands: str) -> None:
     still = [c for c in commands if shutil.which(c) is None]
     if still:
         raise ToolMissing(f"{', '.join(still)} still missing after installing {missing}")
+
+
+@functools.cache
+def node_or_python() -> tuple[str, str]:
+    """("node", "") when Node can be had, else ("python", why not): which load generators
+    and watchers to run. Asked once per bench run (a failed install is not retried)."""
+    try:
+        ensure("node")
+    except ToolMissing as exc:
+        return "python", str(exc)
+    return "node", ""
 
 
 @dataclass

@@ -36,7 +36,7 @@ from bench.common import (
     python_module,
 )
 from bench.results import Row, Sample, Target, percentile, skipped, standalone
-from bench.tools import ToolMissing, ensure
+from bench.tools import ToolMissing, ensure, node_or_python
 from bench.watchers import marker, request_for
 from discovery.v1 import discovery_pb2 as pb
 
@@ -128,18 +128,9 @@ def trigger(kind: str, channel: grpc.aio.Channel) -> Trigger:
     return change
 
 
-def watcher_client() -> tuple[str, str]:
-    """("node", "") when Node can be had, else ("python", why not)."""
-    try:
-        ensure("node")
-    except ToolMissing as exc:
-        return "python", str(exc)
-    return "node", ""
-
-
 def watchers_process(kind: str, target: str, streams: int) -> Process:
     """The watcher process: Node (its own HTTP/2 client) when it can be had, else Python."""
-    if watcher_client()[0] == "python":
+    if node_or_python()[0] == "python":
         command = [sys.executable, "-m", "bench.watchers", "--target", target, "--kind", kind]
         return Process([*command, "--streams", str(streams)], cpu=CLIENT_CPU)
     method, request, bidi = request_for(kind)
@@ -212,12 +203,6 @@ def run(
     return runs
 
 
-def _cpu_note(name: str, runs: Runs, changes: int) -> str:
-    """Per change: the server's and the watcher process's CPU time, against the time taken.
-    When the watchers were busy nearly all the time a change took, they set the pace."""
-    return _cpu(name, runs, changes)[0]
-
-
 def _cpu(name: str, runs: Runs, changes: int) -> tuple[str, bool]:
     ms = 1000
     p50, client = statistics.median(runs.p50), statistics.median(runs.client_cpu)
@@ -234,7 +219,7 @@ def _cpu(name: str, runs: Runs, changes: int) -> tuple[str, bool]:
 
 
 def _client() -> str:
-    client, why = watcher_client()
+    client, why = node_or_python()
     return "Node (bench/watchers.cjs)" if client == "node" else f"Python (no Node: {why})"
 
 
@@ -288,8 +273,8 @@ def held_row(size: Size) -> Row:
         f"sat idle for {size.hold:g} s; server core while idle: ours "
         f"{statistics.median(runs['discovery'].idle_cpu):.0%}, bare "
         f"{statistics.median(runs['bare'].idle_cpu):.0%}",
-        _cpu_note("ours", runs["discovery"], size.many_changes),
-        _cpu_note("bare grpc.aio", runs["bare"], size.many_changes),
+        _cpu("ours", runs["discovery"], size.many_changes)[0],
+        _cpu("bare grpc.aio", runs["bare"], size.many_changes)[0],
     ]
     return row
 

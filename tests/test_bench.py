@@ -36,6 +36,16 @@ def test_wrk_output_is_parsed_with_its_checks() -> None:
         result.checked("heartbeat")
 
 
+def test_wrk_non_2xx_count_as_bad_even_when_the_script_missed_them() -> None:
+    output = WRK_OUTPUT.replace("checked good 5325 bad 3", "checked good 5328 bad 0")
+    assert parse(output).bad == 3
+
+
+def test_wrk_script_prints_the_counts_parse_reads() -> None:
+    lua = script(['{"a":1}'], {}, '"ok":true')
+    assert 'io.write(string.format("checked good %d bad %d\\n", g, b))' in lua
+
+
 def test_wrk_socket_errors_count_as_bad() -> None:
     output = (
         WRK_OUTPUT.replace("  Non-2xx or 3xx responses: 3\n", "").replace("bad 3", "bad 0")

@@ -2,7 +2,7 @@
 
 - `Register` stores the instance and fans one change out to every open `Watch` stream: the
   WatchResponse is serialized once and the same bytes are put on each stream's mailbox (a
-  deque and a wake-up future: the leanest queue asyncio allows; default GC settings).
+  deque and a wake-up future: the leanest queue asyncio allows).
 - `Heartbeat` looks the instance up and answers it.
 - `Watch` sends one synced message, then every change.
 
