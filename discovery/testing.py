@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from discovery.clock import Clock
-from discovery.config import Settings
-from discovery.main import DiscoveryServer
+from discovery.core.clock import Clock
+from discovery.core.settings import Settings
+from discovery.server import DiscoveryServer
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from discovery.core import DiscoveryCore
+from discovery.core.facade import DiscoveryCore
 from gateway_rest import errors
 from gateway_rest.guard import WriteGuard
 from gateway_rest.hot import HotPaths

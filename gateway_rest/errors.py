@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from discovery.errors import (
+from discovery.core.errors import (
     AuthError,
     DiscoveryError,
     InstanceNotFound,
@@ -18,6 +18,7 @@ from discovery.errors import (
     LimitExceeded,
     NotFound,
     ShuttingDown,
+    StoreUnavailable,
 )
 
 
@@ -37,7 +38,7 @@ def error_response(exc: DiscoveryError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=404)
     if isinstance(exc, LimitExceeded):
         return JSONResponse({"detail": exc.message}, status_code=429)
-    if isinstance(exc, ShuttingDown):
+    if isinstance(exc, ShuttingDown | StoreUnavailable):
         return JSONResponse({"detail": exc.message}, status_code=503)
     return JSONResponse({"detail": exc.message}, status_code=400)
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from discovery.auth import Authenticator
-from discovery.errors import AuthError
+from discovery.core.auth import Authenticator
+from discovery.core.errors import AuthError
 
 MAX_BODY_BYTES = 64 * 1024
 

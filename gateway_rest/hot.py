@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from discovery.core import DiscoveryCore
-from discovery.errors import DiscoveryError
+from discovery.core.errors import DiscoveryError
+from discovery.core.facade import DiscoveryCore
 from gateway_rest.guard import read_body, replay
 from gateway_rest.schemas import (
     HealthyResponse,
@@ -86,15 +86,15 @@ class HotPaths:
 
     def _read(self, path: str) -> bytes | None:
         """The encoded answer to a discovery read, or None for the routes to answer."""
-        registry = self.core.registry
+        core = self.core
         if path == _SERVICES:
-            return self._cached("all", "", registry.version, self._all)
+            return self._cached("all", "", core.version, self._all)
         if not path.startswith(_SERVICES + "/"):
             return None
         name, slash, rest = path[len(_SERVICES) + 1 :].partition("/")
         if not name:
             return None
-        version = registry.service_version(name)
+        version = core.service_version(name)
         if not slash:
             if version == 0:
                 return None  # the route's 404
@@ -117,16 +117,16 @@ class HotPaths:
     def _all(self) -> bytes:
         services = {
             name: [InstanceRecord.of(i) for i in instances]
-            for name, instances in self.core.registry.services().items()
+            for name, instances in self.core.services().items()
         }
         return _encode(ServicesResponse(services=services))
 
     def _service(self, name: str) -> bytes:
-        instances = [InstanceRecord.of(i) for i in self.core.registry.instances(name)]
+        instances = [InstanceRecord.of(i) for i in self.core.instances(name)]
         return _encode(ServiceResponse(service_name=name, instances=instances))
 
     def _healthy(self, name: str) -> bytes:
-        healthy = [InstanceRecord.of(i) for i in self.core.registry.healthy(name)]
+        healthy = [InstanceRecord.of(i) for i in self.core.healthy(name)]
         return _encode(HealthyResponse(service_name=name, healthy_instances=healthy))
 
 

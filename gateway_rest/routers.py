@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from discovery.core import DiscoveryCore
-from discovery.errors import InstanceNotFound
+from discovery.core.errors import InstanceNotFound
+from discovery.core.facade import DiscoveryCore
 from gateway_rest.schemas import (
     AlertRecord,
     AlertsResponse,
@@ -54,7 +54,7 @@ health_router = APIRouter(tags=["health"])
 )
 async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
     """Register an instance, or update it when it is registered already."""
-    outcome = core.register(body.to_registration())
+    outcome = await core.register(body.to_registration())
     instance = outcome.instance
     return RegisterResponse(
         success=True,
@@ -89,7 +89,7 @@ async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONRespons
 )
 async def unregister(service_name: str, instance_id: str, core: Core) -> Outcome:
     """Remove an instance."""
-    core.unregister(service_name, instance_id)
+    await core.unregister(service_name, instance_id)
     return Outcome(success=True, message="Service unregistered successfully")
 
 
@@ -99,7 +99,7 @@ async def list_services(core: Core) -> ServicesResponse:
     return ServicesResponse(
         services={
             name: [InstanceRecord.of(i) for i in instances]
-            for name, instances in core.registry.services().items()
+            for name, instances in core.services().items()
         }
     )
 
@@ -107,7 +107,7 @@ async def list_services(core: Core) -> ServicesResponse:
 @router.get("/services/{service_name}", responses={404: {"model": Detail}})
 async def get_service(service_name: str, core: Core) -> ServiceResponse:
     """All instances of one service, whatever their health."""
-    instances = core.registry.instances(service_name)
+    instances = core.instances(service_name)
     return ServiceResponse(
         service_name=service_name, instances=[InstanceRecord.of(i) for i in instances]
     )
@@ -118,7 +118,7 @@ async def healthy_instances(service_name: str, core: Core) -> HealthyResponse:
     """The instances of one service whose status is healthy (empty when the service is unknown)."""
     return HealthyResponse(
         service_name=service_name,
-        healthy_instances=[InstanceRecord.of(i) for i in core.registry.healthy(service_name)],
+        healthy_instances=[InstanceRecord.of(i) for i in core.healthy(service_name)],
     )
 
 

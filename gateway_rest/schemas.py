@@ -1,6 +1,6 @@
 """Pydantic request and response models of the legacy `/v1/discovery` API.
 
-Request validators call the core's checks (`discovery.validation`), so REST and gRPC accept and
+Request validators call the core's checks (`discovery.core.validation`), so REST and gRPC accept and
 refuse exactly the same values; a refusal is FastAPI's usual 422 naming the field.
 """
 
@@ -11,10 +11,10 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
-from discovery import validation
-from discovery.clock import iso8601
-from discovery.errors import InvalidArgument
-from discovery.model import DEFAULT_HEALTH_ENDPOINT, Alert, Instance, Registration
+from discovery.core import validation
+from discovery.core.clock import iso8601
+from discovery.core.errors import InvalidArgument
+from discovery.core.model import DEFAULT_HEALTH_ENDPOINT, Alert, Instance, Registration
 
 T = TypeVar("T")
 R = TypeVar("R")

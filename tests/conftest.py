@@ -10,7 +10,7 @@ import grpc
 import httpx
 import pytest
 
-from discovery.main import DiscoveryServer
+from discovery.server import DiscoveryServer
 from discovery.testing import run_server
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from discovery.main import DiscoveryServer
+from discovery.server import DiscoveryServer
 from tests.conftest import AUTH, ServerFactory, registration
 
 

@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 
-from discovery.model import Change
+from discovery.core.model import Change
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import AUTH, GRPC_AUTH, ServerFactory, registration

@@ -20,10 +20,10 @@ from discovery.client import (
     SyncDiscoveryClient,
     SyncServiceWatcher,
 )
-from discovery.core import DiscoveryCore
-from discovery.grpc_api import Context, DiscoveryServicer, build_server
-from discovery.main import DiscoveryServer
-from discovery.model import HealthStatus, Registration
+from discovery.core.facade import DiscoveryCore
+from discovery.core.model import HealthStatus, Registration
+from discovery.rpc.servicer import Context, DiscoveryServicer, build_server
+from discovery.server import DiscoveryServer
 from discovery.testing import test_settings
 from discovery.v1 import discovery_pb2 as pb
 from tests.conftest import SECRET, ServerFactory
@@ -46,8 +46,8 @@ def client_for(server: DiscoveryServer, **options: object) -> DiscoveryClient:
     )
 
 
-def add(server: DiscoveryServer, instance: str, service: str = "game") -> None:
-    server.core.register(Registration(service, instance, "127.0.0.1", 9, None))
+async def add(server: DiscoveryServer, instance: str, service: str = "game") -> None:
+    await server.core.register(Registration(service, instance, "127.0.0.1", 9, None))
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ async def test_client_registers_again_what_the_server_forgot(server: DiscoverySe
     async with client_for(server) as client:
         await client.register("game", "game-1", "10.0.0.5", 8080, health_endpoint=None)
         await asyncio.wait_for(client.connected.wait(), 5)
-        server.core.unregister("game", "game-1")
+        await server.core.unregister("game", "game-1")
         await until(lambda: server.core.registry.get("game", "game-1") is not None)
 
 
@@ -98,15 +98,15 @@ async def test_a_refused_registration_leaves_the_stream_and_its_other_instances_
         for instance in ("game-1", "game-2"):
             await client.register("game", instance, "10.0.0.5", 8080, health_endpoint=None)
         await asyncio.wait_for(client.connected.wait(), 5)
-        server.core.unregister("game", "game-1")
-        add(server, "other-1", service="other")  # the limit is reached: game-1 cannot come back
+        await server.core.unregister("game", "game-1")
+        await add(server, "other-1", service="other")  # the limit is reached: game-1 cannot come back
         beats = registry.require("game", "game-2").last_heartbeat
         await until(lambda: registry.require("game", "game-2").last_heartbeat != beats)
         await asyncio.sleep(0.3)  # several refused re-registrations, one per heartbeat
         # A broken stream would have turned game-2 unhealthy at once (CONTRACT section 5).
         assert registry.require("game", "game-2").status is HealthStatus.HEALTHY
         assert registry.get("game", "game-1") is None
-        server.core.unregister("other", "other-1")
+        await server.core.unregister("other", "other-1")
         await until(lambda: registry.get("game", "game-1") is not None)
 
 
@@ -146,8 +146,8 @@ async def test_watcher_view_pick_and_changes(
     next_change = asyncio.ensure_future(anext(changes))
     await asyncio.sleep(0)
     for n in range(3):
-        add(server, f"game-{n}")
-    add(server, "chat-1", service="chat")  # not watched
+        await add(server, f"game-{n}")
+    await add(server, "chat-1", service="chat")  # not watched
     change = await asyncio.wait_for(next_change, 5)
     assert (change.type, change.instance.instance_id) == ("PUT", "game-0")
     await until(lambda: len(watcher.instances("game")) == 3)
@@ -174,11 +174,11 @@ async def test_watcher_resumes_after_a_broken_stream_without_reset(
     async with ServiceWatcher(
         server.grpc_target, ["game"], on_change=seen.append, backoff=fast()
     ) as watcher:
-        add(server, "game-1")
+        await add(server, "game-1")
         await until(lambda: len(watcher.instances("game")) == 1)
         for stream in server.core.watch_hub.watchers():
             stream.end()  # the stream ends; the client reconnects from its revision
-        add(server, "game-2")
+        await add(server, "game-2")
         await until(lambda: len(watcher.instances("game")) == 2)
         assert watcher.reconnects >= 1
         assert watcher.resets == 1
@@ -205,14 +205,14 @@ async def test_a_service_and_a_gateway_survive_a_server_restart(
         await context.__aexit__(None, None, None)
         context = make_server(**ports)
         server = await context.__aenter__()
-        add(server, "game-3")  # registered meanwhile by someone else
+        await add(server, "game-3")  # registered meanwhile by someone else
         await until(lambda: len(server.core.registry) == 3)
         expected = {i.instance_id: i.revision for i in server.core.registry.all_instances()}
         await until(
             lambda: {i.instance_id: i.revision for i in gateway.instances("game")} == expected
         )
         assert gateway.resets == 2
-        server.core.unregister("game", "game-3")
+        await server.core.unregister("game", "game-3")
         await until(lambda: len(gateway.instances("game")) == 2)
         await service.close()
         await until(lambda: gateway.instances("game") == [])

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import httpx
 
-from discovery.main import DiscoveryServer
+from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import AUTH, GRPC_AUTH, registration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from discovery.config import ENV_VARS, ConfigError, Settings
+from discovery.core.settings import ENV_VARS, ConfigError, Settings
 from discovery.main import parse_args
 
 

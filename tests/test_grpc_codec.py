@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from discovery.config import Settings
-from discovery.grpc_codec import InstanceMessages, instance_to_pb
-from discovery.model import HealthStatus, Registration
-from discovery.registry import Registry
+from discovery.core.model import HealthStatus, Registration
+from discovery.core.registry import Registry
+from discovery.core.settings import Settings
+from discovery.rpc.codec import InstanceMessages, instance_to_pb
 from discovery.testing import FakeClock
 from discovery.v1 import discovery_pb2 as pb
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from discovery.config import Settings
-from discovery.health_monitor import HealthMonitor
-from discovery.model import HealthStatus, Instance, Registration
-from discovery.probe import ProbeResult, ProbeTarget
-from discovery.registry import Registry
+from discovery.core.health.monitor import HealthMonitor
+from discovery.core.health.probe import ProbeResult, ProbeTarget
+from discovery.core.model import HealthStatus, Instance, Registration
+from discovery.core.registry import Registry
+from discovery.core.settings import Settings
 from discovery.testing import FakeClock, test_settings
 
 PASS = ProbeResult(True, "HTTP 200")

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from discovery.main import DiscoveryServer
-from discovery.model import HealthStatus, Registration
+from discovery.core.model import HealthStatus, Registration
+from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import GRPC_AUTH, SECRET, ServerFactory
@@ -24,9 +24,9 @@ from tests.instances import fake_instances
 KeepAliveCall = grpc.aio.StreamStreamCall[pb.KeepAliveRequest, pb.KeepAliveResponse]
 
 
-def add(server: DiscoveryServer, instance: str, probed: bool = False) -> None:
+async def add(server: DiscoveryServer, instance: str, probed: bool = False) -> None:
     endpoint = "/health" if probed else None
-    server.core.register(Registration("game", instance, "127.0.0.1", 9, endpoint))
+    await server.core.register(Registration("game", instance, "127.0.0.1", 9, endpoint))
 
 
 def status(server: DiscoveryServer, instance: str) -> HealthStatus:
@@ -61,7 +61,7 @@ async def keepalive(stub: pb_grpc.DiscoveryServiceStub) -> AsyncIterator[KeepAli
 async def test_acks_and_error_acks_keep_the_stream_open(
     server: DiscoveryServer, keepalive: KeepAliveCall
 ) -> None:
-    add(server, "game-1")
+    await add(server, "game-1")
     ack = await beat(keepalive, "game-1", load_percentage=0.4)
     assert (ack.code, ack.service_name, ack.instance_id) == (0, "game", "game-1")
     assert ack.instance.load_percentage == pytest.approx(0.4)
@@ -82,7 +82,7 @@ async def test_acks_and_error_acks_keep_the_stream_open(
 async def test_each_request_is_a_heartbeat(
     server: DiscoveryServer, keepalive: KeepAliveCall
 ) -> None:
-    add(server, "game-1")
+    await add(server, "game-1")
     before = server.core.registry.require("game", "game-1").last_heartbeat
     await beat(keepalive, "game-1")
     after = server.core.registry.require("game", "game-1").last_heartbeat
@@ -94,9 +94,9 @@ async def test_each_request_is_a_heartbeat(
 async def test_a_break_turns_held_instances_unhealthy_at_once(
     server: DiscoveryServer, keepalive: KeepAliveCall, ending: str
 ) -> None:
-    add(server, "game-1")
-    add(server, "game-2")
-    add(server, "game-3")  # never sent on the stream: not held
+    await add(server, "game-1")
+    await add(server, "game-2")
+    await add(server, "game-3")  # never sent on the stream: not held
     await beat(keepalive, "game-1")
     await beat(keepalive, "game-2")
     if ending == "cancel":
@@ -112,8 +112,8 @@ async def test_a_break_turns_held_instances_unhealthy_at_once(
 async def test_detach_then_close_leaves_instances_as_they_are(
     server: DiscoveryServer, keepalive: KeepAliveCall
 ) -> None:
-    add(server, "game-1")
-    add(server, "game-2")
+    await add(server, "game-1")
+    await add(server, "game-2")
     await beat(keepalive, "game-1", load_percentage=0.3)
     await beat(keepalive, "game-2")
     assert (await beat(keepalive, "game-1", detach=True)).code == 0
@@ -128,7 +128,7 @@ async def test_detach_then_close_leaves_instances_as_they_are(
 async def test_a_severed_instance_comes_back_with_its_next_heartbeat(
     server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub, keepalive: KeepAliveCall
 ) -> None:
-    add(server, "game-1")
+    await add(server, "game-1")
     await beat(keepalive, "game-1")
     keepalive.cancel()
     await until(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
@@ -141,7 +141,7 @@ async def test_a_severed_instance_comes_back_with_its_next_heartbeat(
 async def test_another_open_stream_keeps_a_shared_instance_up(
     server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub, keepalive: KeepAliveCall
 ) -> None:
-    add(server, "game-1")
+    await add(server, "game-1")
     newer = stub.KeepAlive(metadata=GRPC_AUTH)  # e.g. a client that reconnected
     await beat(keepalive, "game-1")
     await beat(newer, "game-1")
@@ -164,7 +164,7 @@ async def test_shutdown_ends_keepalive_streams_promptly(make_server: ServerFacto
     server_context = make_server()
     server = await server_context.__aenter__()
     try:
-        add(server, "game-1")
+        await add(server, "game-1")
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
             call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive(metadata=GRPC_AUTH)
             await beat(call, "game-1")
@@ -200,10 +200,12 @@ CLIENT = textwrap.dedent(
 async def test_a_killed_client_process_makes_its_instances_unhealthy_within_a_second(
     server: DiscoveryServer,
 ) -> None:
-    add(server, "game-1")
+    await add(server, "game-1")
     async with fake_instances() as fleet:
         fleet.answer("/health", 200, {"status": "UP"})  # probes alone keep game-2 healthy
-        server.core.register(Registration("game", "game-2", "127.0.0.1", fleet.port, "/health"))
+        await server.core.register(
+            Registration("game", "game-2", "127.0.0.1", fleet.port, "/health")
+        )
         await until(lambda: status(server, "game-2") is HealthStatus.HEALTHY)
         process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from discovery.load import ProcessLoad
+from discovery.core.load import ProcessLoad
 
 
 def burn(seconds: float) -> None:

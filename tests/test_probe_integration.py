@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from discovery.probe import HttpProber, ProbeTarget
+from discovery.core.health.probe import HttpProber, ProbeTarget
 from tests.conftest import AUTH, ServerFactory, registration
 from tests.instances import (
     FakeInstances,

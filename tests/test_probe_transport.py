@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from discovery.probe_transport import SpreadTransport
+from discovery.core.health.transport import SpreadTransport
 from tests.instances import FakeInstances, closed_port, fake_instances
 
 

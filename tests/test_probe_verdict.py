@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from discovery.probe import MAX_BODY, ProbeTarget, parse_load, verdict
+from discovery.core.health.probe import MAX_BODY, ProbeTarget, parse_load, verdict
 
 
 def body(document: Any) -> bytes:

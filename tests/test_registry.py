@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from discovery.config import Settings
-from discovery.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
-from discovery.model import Change, EventType, HealthStatus, Instance, Registration
-from discovery.registry import Registry
+from discovery.core.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
+from discovery.core.model import Change, EventType, HealthStatus, Instance, Registration
+from discovery.core.registry import Registry
+from discovery.core.settings import Settings
 from discovery.testing import FakeClock
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from discovery.main import DiscoveryServer
+from discovery.server import DiscoveryServer
 from tests.conftest import AUTH, ServerFactory, registration
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?\+00:00$")

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from discovery.config import Settings
-from discovery.core import DiscoveryCore
-from discovery.model import HealthStatus
+from discovery.core.facade import DiscoveryCore
+from discovery.core.model import HealthStatus
+from discovery.core.settings import Settings
 from discovery.testing import FakeClock
 from gateway_rest.app import create_app
 from gateway_rest.hot import HotPaths

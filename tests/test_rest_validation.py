@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from discovery.config import Settings
-from discovery.core import DiscoveryCore
+from discovery.core.facade import DiscoveryCore
+from discovery.core.settings import Settings
 from gateway_rest.app import create_app
 from tests.conftest import AUTH, SECRET, registration
 

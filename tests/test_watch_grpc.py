@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
-from discovery.main import DiscoveryServer
-from discovery.model import Registration
+from discovery.core.model import Registration
+from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import GRPC_AUTH, ServerFactory
@@ -20,11 +20,11 @@ WatchCall = grpc.aio.UnaryStreamCall[pb.WatchRequest, pb.WatchResponse]
 PUT, DELETE = pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_DELETE
 
 
-def add(server: DiscoveryServer, service: str, instance: str, **fields: Any) -> None:
+async def add(server: DiscoveryServer, service: str, instance: str, **fields: Any) -> None:
     fields.setdefault("host", "127.0.0.1")
     fields.setdefault("port", 8080)
     fields.setdefault("health_endpoint", None)
-    server.core.register(Registration(service, instance, **fields))
+    await server.core.register(Registration(service, instance, **fields))
 
 
 async def read(call: WatchCall, within: float = 5) -> pb.WatchResponse:
@@ -53,8 +53,8 @@ async def channel(server: DiscoveryServer) -> AsyncIterator[grpc.aio.Channel]:
 async def test_snapshot_then_live_events(
     server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
 ) -> None:
-    add(server, "game", "game-1")
-    add(server, "game", "game-2", metadata={"zone": "eu"})
+    await add(server, "game", "game-1")
+    await add(server, "game", "game-2", metadata={"zone": "eu"})
     call = stub.Watch(pb.WatchRequest())  # reads need no credentials
     snapshot = await read(call)
     registry = server.core.registry
@@ -98,8 +98,8 @@ async def test_a_large_snapshot_comes_in_chunks(
     server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
 ) -> None:
     for n in range(1_500):
-        add(server, "game", f"game-{n}", port=1 + n)
-    add(server, "chat", "chat-1")
+        await add(server, "game", f"game-{n}", port=1 + n)
+    await add(server, "chat", "chat-1")
     call = stub.Watch(pb.WatchRequest(service_names=["game"]))
     messages = await read_snapshot(call)
     assert len(messages) > 1
@@ -114,12 +114,12 @@ async def test_a_large_snapshot_comes_in_chunks(
 async def test_every_change_once_in_revision_order(
     server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
 ) -> None:
-    add(server, "game", "game-1")
+    await add(server, "game", "game-1")
     call = stub.Watch(pb.WatchRequest())
     seen = (await read(call)).revision
     start = seen
     for n in range(300):
-        add(server, "game", f"game-{n % 7}", port=1000 + n)  # a move: always a change
+        await add(server, "game", f"game-{n % 7}", port=1000 + n)  # a move: always a change
         if n % 50 == 0:
             await asyncio.sleep(0)
     revisions: list[int] = []
@@ -137,7 +137,7 @@ async def test_every_change_once_in_revision_order(
 async def test_healthy_only_sees_leaving_as_delete_and_coming_back_as_put(
     server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
 ) -> None:
-    add(server, "game", "game-1")
+    await add(server, "game", "game-1")
     call = stub.Watch(pb.WatchRequest(healthy_only=True))
     assert ids(await read(call)) == [(PUT, "game-1")]
     server.core.registry.sever([("game", "game-1")])
@@ -154,12 +154,12 @@ async def test_healthy_only_sees_leaving_as_delete_and_coming_back_as_put(
 async def test_resume_sends_the_missed_changes_without_reset(
     server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
 ) -> None:
-    add(server, "game", "game-1")
+    await add(server, "game", "game-1")
     first = stub.Watch(pb.WatchRequest())
     last = (await read(first)).revision
     first.cancel()
-    add(server, "game", "game-2")
-    server.core.unregister("game", "game-1")
+    await add(server, "game", "game-2")
+    await server.core.unregister("game", "game-1")
     resumed = stub.Watch(pb.WatchRequest(start_revision=last))
     message = await read(resumed)
     assert not message.reset
@@ -179,11 +179,11 @@ async def test_resume_resets_when_the_server_cannot_serve_it(
     make_server: ServerFactory, where: str
 ) -> None:
     async with make_server(watch_history_size=3) as server:
-        add(server, "game", "game-1")
+        await add(server, "game", "game-1")
         start = server.core.registry.revision
         if where == "history gone":
             for n in range(5):
-                add(server, "game", f"game-{n + 2}")
+                await add(server, "game", f"game-{n + 2}")
         else:
             start += 10
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
@@ -196,12 +196,12 @@ async def test_resume_resets_when_the_server_cannot_serve_it(
 
 async def test_resume_from_before_a_restart_resets(make_server: ServerFactory) -> None:
     async with make_server() as server:
-        add(server, "game", "game-1")
+        await add(server, "game", "game-1")
         before = server.core.registry.revision
         ports = {"grpc_port": server.grpc_port, "rest_port": server.rest_port}
     async with make_server(**ports) as restarted:
         assert restarted.core.registry.revision > before  # never goes back across restarts
-        add(restarted, "game", "game-2")
+        await add(restarted, "game", "game-2")
         async with grpc.aio.insecure_channel(restarted.grpc_target) as channel:
             stub = pb_grpc.DiscoveryServiceStub(channel)
             message = await read(stub.Watch(pb.WatchRequest(start_revision=before)))
@@ -211,13 +211,13 @@ async def test_resume_from_before_a_restart_resets(make_server: ServerFactory) -
 
 async def test_progress_on_a_quiet_stream(make_server: ServerFactory) -> None:
     async with make_server(watch_progress_interval=0.2) as server:
-        add(server, "game", "game-1")
+        await add(server, "game", "game-1")
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
             call = pb_grpc.DiscoveryServiceStub(channel).Watch(
                 pb.WatchRequest(service_names=["game"])
             )
             await read(call)
-            add(server, "chat", "chat-1")  # not for this watcher, but the revision moves
+            await add(server, "chat", "chat-1")  # not for this watcher, but the revision moves
             started = time.monotonic()
             progress = await read(call, within=2)
             assert time.monotonic() - started < 1
@@ -242,7 +242,7 @@ async def test_a_stuck_watcher_never_holds_up_the_others(make_server: ServerFact
             start, revisions, most = seen, [], 0
             padding = {"padding": "x" * 1000}
             for n in range(3_000):
-                add(server, "game", f"game-{n % 100}", port=1 + n, metadata=padding)
+                await add(server, "game", f"game-{n % 100}", port=1 + n, metadata=padding)
                 most = max([most, *(w.backlog for w in hub.watchers())])
                 if n % 20 == 0:
                     while seen < server.core.registry.revision:

@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import pytest
 
-from discovery.errors import InvalidArgument, ShuttingDown
-from discovery.grpc_streams import encode_batch
-from discovery.model import EventType
-from discovery.registry import Registry
+from discovery.core.errors import InvalidArgument, ShuttingDown
+from discovery.core.model import EventType
+from discovery.core.registry import Registry
+from discovery.core.watch.hub import WatchBatch, WatchHub, WatchSelector
+from discovery.core.watch.queue import MAX_BATCH_EVENTS, ProgressPacer
+from discovery.rpc.streams import encode_batch
 from discovery.testing import FakeClock, test_settings
-from discovery.watch import WatchBatch, WatchHub, WatchSelector
-from discovery.watch_queue import MAX_BATCH_EVENTS, ProgressPacer
 from tests.watch_helpers import (
     ClientView,
     drain,

@@ -20,9 +20,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from discovery import watch_queue
-from discovery.errors import InstanceNotFound
-from discovery.watch import Watcher, WatchSelector
+from discovery.core.errors import InstanceNotFound
+from discovery.core.watch import queue as watch_queue
+from discovery.core.watch.hub import Watcher, WatchSelector
 from tests.watch_helpers import (
     ClientView,
     drain,

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from discovery.main import DiscoveryServer
-from discovery.model import Registration
+from discovery.core.model import Registration
+from discovery.server import DiscoveryServer
 from tests.conftest import AUTH, ServerFactory, registration
 
 WATCH = "/v1/discovery/watch"
@@ -50,8 +50,8 @@ async def take(stream: AsyncIterator[Event], count: int, within: float = 5) -> l
     return [await asyncio.wait_for(anext(stream), within) for _ in range(count)]
 
 
-def add(server: DiscoveryServer, service: str, instance: str) -> None:
-    server.core.register(Registration(service, instance, "127.0.0.1", 8080, None))
+async def add(server: DiscoveryServer, service: str, instance: str) -> None:
+    await server.core.register(Registration(service, instance, "127.0.0.1", 8080, None))
 
 
 async def test_snapshot_then_live_events_with_ids_where_the_contract_puts_them(
@@ -96,7 +96,7 @@ async def test_progress_events_carry_the_current_revision(make_server: ServerFac
     ):
         stream = events(response)
         await take(stream, 2)  # RESET, SYNCED
-        add(server, "chat", "chat-1")
+        await add(server, "chat", "chat-1")
         (progress,) = await take(stream, 1, within=2)
         revision = server.core.registry.revision
         assert progress.data == {"type": "PROGRESS", "revision": revision}
@@ -106,11 +106,11 @@ async def test_progress_events_carry_the_current_revision(make_server: ServerFac
 async def test_last_event_id_resumes_without_reset(
     server: DiscoveryServer, rest: httpx.AsyncClient
 ) -> None:
-    add(server, "game", "game-1")
+    await add(server, "game", "game-1")
     async with rest.stream("GET", WATCH) as response:
         last = (await take(events(response), 3))[-1].id
     assert last is not None
-    add(server, "game", "game-2")
+    await add(server, "game", "game-2")
     headers = {"Last-Event-ID": last}
     async with rest.stream("GET", WATCH, params={"start_revision": 1}, headers=headers) as response:
         (event,) = await take(events(response), 1)
@@ -123,15 +123,15 @@ async def test_start_revision_resumes_and_a_lost_one_resets(
     make_server: ServerFactory,
 ) -> None:
     async with make_server(watch_history_size=2) as server:
-        add(server, "game", "game-1")
+        await add(server, "game", "game-1")
         start = server.core.registry.revision
-        add(server, "game", "game-2")
+        await add(server, "game", "game-2")
         async with httpx.AsyncClient(base_url=server.rest_url, timeout=5) as client:
             async with client.stream("GET", WATCH, params={"start_revision": start}) as response:
                 (event,) = await take(events(response), 1)
             assert (event.type, event.data["instance"]["instance_id"]) == ("PUT", "game-2")
             for n in range(3):
-                add(server, "game", f"game-{n + 3}")
+                await add(server, "game", f"game-{n + 3}")
             async with client.stream("GET", WATCH, params={"start_revision": start}) as response:
                 kinds = [e.type for e in await take(events(response), 7)]
             assert kinds == ["RESET", "PUT", "PUT", "PUT", "PUT", "PUT", "SYNCED"]
@@ -140,8 +140,8 @@ async def test_start_revision_resumes_and_a_lost_one_resets(
 async def test_healthy_only_and_service_filters(
     server: DiscoveryServer, rest: httpx.AsyncClient
 ) -> None:
-    add(server, "game", "game-1")
-    add(server, "chat", "chat-1")
+    await add(server, "game", "game-1")
+    await add(server, "chat", "chat-1")
     params = {"service": ["game", "lobby"], "healthy_only": "true"}
     async with rest.stream("GET", WATCH, params=params) as response:
         stream = events(response)

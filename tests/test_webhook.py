@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from discovery.model import Alert
-from discovery.webhook import WebhookSink, alert_payload
+from discovery.core.health.webhook import WebhookSink, alert_payload
+from discovery.core.model import Alert
 
 URL = "http://127.0.0.1:9/alerts"
 ALERT = Alert("game", "game-1", 0.85, 0.8, 1_800_000_000.25)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from discovery.model import EventType, HealthStatus, Instance, Registration
-from discovery.registry import Registry
+from discovery.core.model import EventType, HealthStatus, Instance, Registration
+from discovery.core.registry import Registry
+from discovery.core.watch.hub import WatchBatch, Watcher, WatchHub
 from discovery.testing import FakeClock, test_settings
-from discovery.watch import WatchBatch, Watcher, WatchHub
 
 Key = tuple[str, str]
 

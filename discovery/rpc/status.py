@@ -7,13 +7,14 @@ from typing import Any
 
 import grpc
 
-from discovery.errors import (
+from discovery.core.errors import (
     AuthError,
     DiscoveryError,
     InvalidArgument,
     LimitExceeded,
     NotFound,
     ShuttingDown,
+    StoreUnavailable,
 )
 
 STATUS_FOR: list[tuple[type[DiscoveryError], grpc.StatusCode]] = [
@@ -22,6 +23,7 @@ STATUS_FOR: list[tuple[type[DiscoveryError], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

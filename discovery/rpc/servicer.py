@@ -1,8 +1,8 @@
-"""The discovery.v1 gRPC adapter: the servicer, the auth interceptor and the server builder.
+"""The discovery.v1 gRPC adapter: the servicer (writes check the secret) and the server builder.
 
 Translation only: requests become calls on `DiscoveryCore`, core errors become status codes
-(one mapping, `discovery.grpc_status`), and instances become protobuf messages
-(`discovery.grpc_codec`). The streaming RPCs live in `discovery.grpc_streams`.
+(one mapping, `discovery.rpc.status`), and instances become protobuf messages
+(`discovery.rpc.codec`). The streaming RPCs live in `discovery.rpc.streams`.
 """
 
 from __future__ import annotations
@@ -15,21 +15,20 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from discovery import validation
-from discovery.core import DiscoveryCore
-from discovery.errors import DiscoveryError
-from discovery.grpc_codec import (
+from discovery.core import validation
+from discovery.core.errors import DiscoveryError
+from discovery.core.facade import DiscoveryCore
+from discovery.core.model import DEFAULT_HEALTH_ENDPOINT
+from discovery.rpc.codec import (
     InstanceMessages,
     alert_to_pb,
     duration,
     fill_instance,
     instance_to_pb,
 )
-from discovery.grpc_health import HEALTH_SERVICE_NAME, HealthService
-from discovery.grpc_status import STATUS_FOR, authorization, status_for
-from discovery.grpc_streams import as_bytes, keep_alive, watch
-from discovery.keepalive import KeepAliveSessions
-from discovery.model import DEFAULT_HEALTH_ENDPOINT
+from discovery.rpc.health import HEALTH_SERVICE_NAME, HealthService
+from discovery.rpc.status import STATUS_FOR, authorization, status_for
+from discovery.rpc.streams import as_bytes, keep_alive, watch
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
@@ -79,18 +78,33 @@ def _unary(
     return wrap
 
 
+def _durable(method: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Make a unary write RPC of a coroutine method (one that waits for the store): the secret
+    is checked first, and core errors become the matching status."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Request, context: Context) -> Response:
+        try:
+            self.core.auth.check(authorization(context))
+            return await method(self, request, context)
+        except DiscoveryError as exc:
+            await context.abort(status_for(exc), exc.message)
+            raise  # abort() raises; this line only satisfies the type checker
+
+    return handler
+
+
 class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     """discovery.v1.DiscoveryService over a `DiscoveryCore`."""
 
     def __init__(self, core: DiscoveryCore) -> None:
         self.core = core
-        self.keepalive_sessions = KeepAliveSessions(core)
         self.instance_messages = InstanceMessages()
         self._interval = duration(core.settings.heartbeat_interval)
         self._ttl = duration(core.settings.registration_ttl)
 
-    @_unary(write=True)
-    def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
+    @_durable
+    async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
         endpoint = (
             request.health_endpoint
             if request.HasField("health_endpoint")
@@ -104,7 +118,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             endpoint or None,
             dict(request.metadata),  # a plain dict reads far faster than the map
         )
-        outcome = self.core.register(registration)
+        outcome = await self.core.register(registration)
         response = pb.RegisterResponse(heartbeat_interval=self._interval, ttl=self._ttl)
         fill_instance(response.instance, outcome.instance)
         return response
@@ -121,41 +135,43 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
         self.instance_messages.fill(response.instance, instance)
         return response
 
-    @_unary(write=True)
-    def Unregister(self, request: pb.UnregisterRequest, context: Context) -> pb.UnregisterResponse:
-        self.core.unregister(request.service_name, request.instance_id)
+    @_durable
+    async def Unregister(
+        self, request: pb.UnregisterRequest, context: Context
+    ) -> pb.UnregisterResponse:
+        await self.core.unregister(request.service_name, request.instance_id)
         return pb.UnregisterResponse()
 
     @_unary(write=False)
     def ListServices(
         self, request: pb.ListServicesRequest, context: Context
     ) -> pb.ListServicesResponse:
-        registry = self.core.registry
+        core = self.core
         return pb.ListServicesResponse(
             services=[
                 pb.Service(name=name, instances=[instance_to_pb(i) for i in instances])
-                for name, instances in registry.services().items()
+                for name, instances in core.services().items()
             ],
-            revision=registry.revision,
+            revision=core.revision,
         )
 
     @_unary(write=False)
     def GetService(self, request: pb.GetServiceRequest, context: Context) -> pb.GetServiceResponse:
-        registry = self.core.registry
-        instances = registry.instances(request.service_name)
+        core = self.core
+        instances = core.instances(request.service_name)
         if request.healthy_only:
             instances = [i for i in instances if i.healthy]
         return pb.GetServiceResponse(
             service_name=request.service_name,
             instances=[instance_to_pb(i) for i in instances],
-            revision=registry.revision,
+            revision=core.revision,
         )
 
     @_unary(write=False)
     def ListAlerts(self, request: pb.ListAlertsRequest, context: Context) -> pb.ListAlertsResponse:
         return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
 
-    # The streaming RPCs (discovery.grpc_streams), bound as methods: coroutines that read and
+    # The streaming RPCs (discovery.rpc.streams), bound as methods: coroutines that read and
     # write through their context; Watch writes pre-serialized bytes (see _WatchAsBytes).
     KeepAlive = keep_alive  # type: ignore[assignment]
     Watch = watch  # type: ignore[assignment]

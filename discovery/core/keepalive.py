@@ -5,25 +5,47 @@ When the stream ends, every instance it still holds is severed (turns unhealthy 
 `Registry.sever`) unless another open stream holds it too: a client that reconnects opens its new
 stream before the server has noticed the old one's end, and that must not flap its instances.
 
-Protocol-neutral: the gRPC adapter (`discovery.grpc_streams`) reads requests and writes acks.
+Protocol-neutral and owned by the core (`DiscoveryCore.keepalive`); the gRPC adapter
+(`discovery.rpc.streams`) reads requests and writes acks.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
 
-from discovery import validation
-from discovery.core import DiscoveryCore
-from discovery.model import Instance
+from discovery.core import validation
+from discovery.core.model import Instance
 
 Key = tuple[str, str]
+
+
+class KeepAliveCore(Protocol):
+    """What the sessions need from the core (`KeepAliveCore` is one)."""
+
+    @property
+    def shutting_down(self) -> bool:
+        """Shutdown has begun: nothing is severed any more."""
+
+    def check_serving(self) -> None:
+        """Raise `ShuttingDown` once shutdown has begun."""
+
+    def on_shutdown(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when shutdown begins."""
+
+    def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
+        """Record a heartbeat; `InstanceNotFound` when unknown."""
+
+    def sever(self, keys: list[Key]) -> None:
+        """These instances lost the stream that kept them alive."""
 
 
 class KeepAliveSessions:
     """The open KeepAlive streams of one core."""
 
-    def __init__(self, core: DiscoveryCore) -> None:
+    def __init__(self, core: KeepAliveCore) -> None:
         self._core = core
         self._holders: Counter[Key] = Counter()
         self._stopping: asyncio.Future[None] | None = None
@@ -51,7 +73,7 @@ class KeepAliveSessions:
 class KeepAliveSession:
     """The instances one stream keeps alive."""
 
-    def __init__(self, core: DiscoveryCore, holders: Counter[Key]) -> None:
+    def __init__(self, core: KeepAliveCore, holders: Counter[Key]) -> None:
         self._core = core
         self._holders = holders
         self._held: set[Key] = set()
@@ -88,7 +110,7 @@ class KeepAliveSession:
         orphans = [key for key in self._held if self._release(key)]
         self._held.clear()
         if orphans and not self._core.shutting_down:
-            self._core.registry.sever(orphans)
+            self._core.sever(orphans)
 
     def _release(self, key: Key) -> bool:
         """Drop this stream's hold; True when no stream holds the instance any more."""

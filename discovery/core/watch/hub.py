@@ -6,8 +6,8 @@ DELETE) and appends that same message to the queue of every watcher that matches
 encode an event through `WatchEvent.encoded`, which caches the encoding on the event, so a change
 is encoded once per protocol however many streams carry it.
 
-A watcher (`discovery.watch_queue`) whose queue passes `watch_max_backlog` loses the backlog and
-is marked behind; when its stream next asks for a message it gets a fresh reset snapshot
+A watcher (`discovery.core.watch.queue`) whose queue passes `watch_max_backlog` loses the
+backlog and is marked behind; when its stream next asks for a message it gets a fresh reset snapshot
 instead. Pushing never awaits, so a slow stream cannot hold up the registry, the API or other
 watchers.
 
@@ -23,12 +23,12 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
-from discovery.config import Settings
-from discovery.errors import ShuttingDown
-from discovery.model import Change, EventType
-from discovery.registry import Registry
-from discovery.watch_queue import ProgressPacer, Watcher
-from discovery.watch_types import WatchBatch, WatchEvent, WatchSelector
+from discovery.core.errors import ShuttingDown
+from discovery.core.model import Change, EventType
+from discovery.core.registry import Registry
+from discovery.core.settings import Settings
+from discovery.core.watch.events import WatchBatch, WatchEvent, WatchSelector
+from discovery.core.watch.queue import ProgressPacer, Watcher
 
 __all__ = ["WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
 
@@ -146,7 +146,8 @@ class WatchHub:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _forget(self, watcher: Watcher) -> None:
+    def forget(self, watcher: Watcher) -> None:
+        """Stop pushing to `watcher` (called by the watcher when it closes)."""
         index = self._healthy if watcher.selector.healthy_only else self._plain
         for name in watcher.selector.services or (None,):
             watchers = index.get(name)

@@ -7,7 +7,7 @@ import math
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from discovery.model import Alert, EventType, HealthStatus, Instance
+from discovery.core.model import Alert, EventType, HealthStatus, Instance
 from discovery.v1 import discovery_pb2 as pb
 
 STATUS_TO_PB = {

@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from discovery.watch_types import WatchBatch, WatchEvent, WatchSelector
-
-if TYPE_CHECKING:
-    from discovery.watch import WatchHub
+from discovery.core.watch.events import WatchBatch, WatchEvent, WatchSelector
 
 #: At most this many events go in one message ...
 MAX_BATCH_EVENTS = 500
@@ -66,6 +63,28 @@ class ProgressPacer:
         self._timer = loop.call_later(self.tick, self._check)
 
 
+class WatcherSource(Protocol):
+    """What a watcher needs from the hub that feeds it (the hub is one; tests may fake it)."""
+
+    @property
+    def max_backlog(self) -> int:
+        """Queued live events past which a watcher drops its backlog and owes a reset."""
+
+    @property
+    def pacer(self) -> ProgressPacer:
+        """The progress timer shared by the source's watchers."""
+
+    @property
+    def revision(self) -> int:
+        """The current revision (of snapshots and progress messages)."""
+
+    def snapshot(self, selector: WatchSelector) -> list[WatchEvent]:
+        """PUT events for every instance the selector matches, as things stand now."""
+
+    def forget(self, watcher: Watcher) -> None:
+        """Stop pushing to `watcher` (it closed)."""
+
+
 class Watcher:
     """One subscriber: its selector, its bounded queue, and what it still owes its stream.
 
@@ -74,7 +93,7 @@ class Watcher:
     (server shutdown). Call `close()` when the stream is over, however it ended.
     """
 
-    def __init__(self, hub: WatchHub, selector: WatchSelector) -> None:
+    def __init__(self, hub: WatcherSource, selector: WatchSelector) -> None:
         self.hub = hub
         self.selector = selector
         self.resets = 0
@@ -124,7 +143,7 @@ class Watcher:
             self._queue.clear()
             self._prefix = []
             self.hub.pacer.discard(self)
-            self.hub._forget(self)
+            self.hub.forget(self)
 
     def start_snapshot(self) -> None:
         """Owe a fresh snapshot (and drop the queue: the snapshot covers it)."""

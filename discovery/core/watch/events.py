@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from discovery import validation
-from discovery.errors import InvalidArgument
-from discovery.model import EventType, Instance
+from discovery.core import validation
+from discovery.core.errors import InvalidArgument
+from discovery.core.model import EventType, Instance
 
 T = TypeVar("T")
 

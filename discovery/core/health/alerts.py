@@ -1,47 +1,23 @@
-"""Critical load: the state machine with hysteresis, and the book of active alerts with its sinks.
+"""The book of active critical-load alerts and its sinks.
 
-The registry asks `CriticalLoadPolicy` whether an instance is at critical load whenever its load or
-health changes, and publishes the flag with the change. `AlertBook` listens to those changes and
-turns each raise and each clear into exactly one log line, one entry in (or removal from) the list
-of active alerts, and one call of every sink (the webhook, for one).
+The registry decides the critical-load flag (`discovery.core.critical_load`) and publishes it with
+each change. `AlertBook` listens to those changes and turns each raise and each clear into
+exactly one log line, one entry in (or removal from) the list of active alerts, and one call of
+every sink (the webhook, for one).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from discovery.model import Alert, Change, EventType
-
-if TYPE_CHECKING:
-    from discovery.config import Settings
+from discovery.core.model import Alert, Change, EventType
 
 log = logging.getLogger("discovery.alerts")
 
 AlertEvent = Literal["alert.raised", "alert.cleared"]
 AlertSink = Callable[[AlertEvent, Alert, float], None]
-
-
-@dataclass(frozen=True, slots=True)
-class CriticalLoadPolicy:
-    """At critical load from `threshold` up; back to normal below `threshold - hysteresis`."""
-
-    threshold: float
-    hysteresis: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CriticalLoadPolicy:
-        return cls(settings.critical_load_threshold, settings.critical_load_hysteresis)
-
-    def is_critical(self, critical_now: bool, load: float, healthy: bool) -> bool:
-        """The flag after a change, given the flag before. Only a healthy instance is critical."""
-        if not healthy:
-            return False
-        if critical_now:
-            return load >= self.threshold - self.hysteresis
-        return load >= self.threshold
 
 
 class AlertBook:

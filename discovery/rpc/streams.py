@@ -19,13 +19,13 @@ from typing import Any, Protocol
 
 import grpc
 
-from discovery.core import DiscoveryCore
-from discovery.errors import DiscoveryError
-from discovery.grpc_codec import EVENT_TO_PB, InstanceMessages, instance_to_pb
-from discovery.grpc_status import authorization, status_for
-from discovery.keepalive import KeepAliveSession, KeepAliveSessions
+from discovery.core.errors import DiscoveryError
+from discovery.core.facade import DiscoveryCore
+from discovery.core.keepalive import KeepAliveSession
+from discovery.core.watch.hub import WatchBatch, WatchEvent, WatchSelector
+from discovery.rpc.codec import EVENT_TO_PB, InstanceMessages, instance_to_pb
+from discovery.rpc.status import authorization, status_for
 from discovery.v1 import discovery_pb2 as pb
-from discovery.watch import WatchBatch, WatchEvent, WatchSelector
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -73,7 +73,6 @@ class StreamServicer(Protocol):
     """What the streaming handlers need of the servicer they are methods of."""
 
     core: DiscoveryCore
-    keepalive_sessions: KeepAliveSessions
     instance_messages: InstanceMessages
 
 
@@ -89,7 +88,7 @@ async def watch(servicer: StreamServicer, request: pb.WatchRequest, context: Con
         selector = WatchSelector.checked(
             request.service_names, request.healthy_only, request.start_revision
         )
-        watcher = core.watch_hub.watch(selector)
+        watcher = core.watch(selector)
     except DiscoveryError as exc:
         await context.abort(status_for(exc), exc.message)
     try:
@@ -191,7 +190,7 @@ async def keep_alive(
     A coroutine that reads and writes through `context` (not an async generator over
     `requests`): it spares a generator step per request and per ack.
     """
-    sessions = servicer.keepalive_sessions
+    sessions = servicer.core.keepalive
     messages = servicer.instance_messages
     try:
         servicer.core.auth.check(authorization(context))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from discovery.model import Instance
+from discovery.core.model import Instance
 
 
 class Deadlines:

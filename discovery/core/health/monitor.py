@@ -20,12 +20,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from discovery.clock import Clock
-from discovery.config import Settings
-from discovery.model import HealthStatus, Instance
-from discovery.probe import HttpProber, Prober, ProbeResult, ProbeTarget
-from discovery.probe_schedule import ProbeSchedule, Slot
-from discovery.registry import Key, Registry
+from discovery.core.clock import Clock
+from discovery.core.health.probe import HttpProber, Prober, ProbeResult, ProbeTarget
+from discovery.core.health.schedule import ProbeSchedule, Slot
+from discovery.core.model import HealthStatus, Instance
+from discovery.core.registry import Key, Registry
+from discovery.core.settings import Settings
 
 log = logging.getLogger("discovery.health")
 

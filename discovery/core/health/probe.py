@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from discovery.probe_transport import SpreadTransport
+from discovery.core.health.transport import SpreadTransport
 
 #: At most this much of a probe's body is read; the rest is never downloaded.
 MAX_BODY = 64 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from discovery.errors import InvalidSecret, MalformedCredentials, MissingCredentials
+from discovery.core.errors import InvalidSecret, MalformedCredentials, MissingCredentials
 
 
 class Authenticator:

@@ -1,7 +1,9 @@
-"""The protocol-neutral core both adapters call: registry, alerts, auth and background work.
+"""The protocol-neutral facade every adapter calls: writes, reads, watches, KeepAlive sessions.
 
-The REST facade and the gRPC servicer translate their requests into calls on `DiscoveryCore` and
-its registry, so the two protocols cannot drift apart.
+The REST facade and the gRPC servicer translate their requests into calls on `DiscoveryCore`
+and nothing else, so the protocols cannot drift apart. Behind it: the registry (the in-memory
+read model), the watch hub, the health monitor, the alert book and the webhook, plus the
+background work that runs them.
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from discovery.alerts import AlertBook
-from discovery.auth import Authenticator
-from discovery.clock import Clock, SystemClock
-from discovery.config import Settings
-from discovery.errors import ShuttingDown
-from discovery.health_monitor import HealthMonitor
-from discovery.load import ProcessLoad
-from discovery.model import Alert, Instance, Registration
-from discovery.registry import Registry
-from discovery.watch import WatchHub
-from discovery.webhook import WebhookSink
+from discovery.core.auth import Authenticator
+from discovery.core.clock import Clock, SystemClock
+from discovery.core.errors import ShuttingDown
+from discovery.core.health.alerts import AlertBook
+from discovery.core.health.monitor import HealthMonitor
+from discovery.core.health.webhook import WebhookSink
+from discovery.core.keepalive import KeepAliveSessions
+from discovery.core.load import ProcessLoad
+from discovery.core.model import Alert, Instance, Registration
+from discovery.core.registry import Registry
+from discovery.core.settings import Settings
+from discovery.core.store.base import Store
+from discovery.core.store.memory import MemoryStore
+from discovery.core.watch.events import WatchSelector
+from discovery.core.watch.hub import WatchHub
+from discovery.core.watch.queue import Watcher
 
 log = logging.getLogger("discovery.core")
 
@@ -37,9 +44,12 @@ class Registered:
 class DiscoveryCore:
     """What both protocols share, built from one `Settings`. Nothing runs until `start()`."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, store: Store | None = None
+    ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
+        self.store: Store = store or MemoryStore()
         self.registry = Registry(settings, self.clock)
         self.auth = Authenticator(settings.secret)
         self.alert_book = AlertBook(settings.critical_load_threshold, self.clock.time)
@@ -56,11 +66,17 @@ class DiscoveryCore:
         self._tasks: list[asyncio.Task[None]] = []
         self.watch_hub = WatchHub(self.registry, settings)
         self.on_shutdown(self.watch_hub.close)
+        self.keepalive = KeepAliveSessions(self)
 
     # -- writes (callers have authenticated and validated) ----------------------------------
 
-    def register(self, registration: Registration) -> Registered:
-        instance, created = self.registry.register(registration)
+    async def register(self, registration: Registration) -> Registered:
+        """Add or update an instance once the store has it; `LimitExceeded` or
+        `StoreUnavailable` leave the registry as it was."""
+        self.registry.check_limits(registration)
+        record = self.registry.record_of(registration)
+        await self.store.put(record)
+        instance, created = self.registry.register(registration, record.registered_at)
         if created:
             log.info(
                 "Registered %s:%s at %s:%s",
@@ -74,12 +90,50 @@ class DiscoveryCore:
     def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
         return self.registry.heartbeat(service_name, instance_id, load)
 
-    def unregister(self, service_name: str, instance_id: str) -> Instance:
+    async def unregister(self, service_name: str, instance_id: str) -> Instance:
+        """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown."""
+        self.registry.require(service_name, instance_id)
+        await self.store.delete(service_name, instance_id)
         instance = self.registry.unregister(service_name, instance_id)
         log.info("Unregistered %s:%s", service_name, instance_id)
         return instance
 
+    def sever(self, keys: list[tuple[str, str]]) -> None:
+        """A stream that kept these instances alive broke: they turn unhealthy at once."""
+        self.registry.sever(keys)
+
     # -- reads ------------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last change a watcher could see."""
+        return self.registry.revision
+
+    @property
+    def version(self) -> int:
+        """Moves on every change, timestamps included (for caches of encoded answers)."""
+        return self.registry.version
+
+    def service_version(self, service_name: str) -> int:
+        """Like `version`, for one service; 0 while the service has no instances."""
+        return self.registry.service_version(service_name)
+
+    def services(self) -> dict[str, list[Instance]]:
+        """Every service with its instances, both in registration order."""
+        return self.registry.services()
+
+    def instances(self, service_name: str) -> list[Instance]:
+        """The instances of one service; `ServiceNotFound` when it has none."""
+        return self.registry.instances(service_name)
+
+    def healthy(self, service_name: str) -> list[Instance]:
+        """The healthy instances of one service (empty when the service is unknown)."""
+        return self.registry.healthy(service_name)
+
+    def watch(self, selector: WatchSelector) -> Watcher:
+        """Open a watcher; `ShuttingDown` once shutdown has begun."""
+        self.check_serving()
+        return self.watch_hub.watch(selector)
 
     def alerts(self) -> list[Alert]:
         return self.alert_book.alerts()
@@ -104,7 +158,9 @@ class DiscoveryCore:
         self._tasks.append(task)
 
     async def start(self) -> None:
-        """Start the background work: TTL sweeps, the load meter, probes and alert delivery."""
+        """Open the store, then start the background work: TTL sweeps, the load meter, probes
+        and alert delivery."""
+        await self.store.open()
         self.spawn("registry-sweeper", self._sweep_forever)
         self.spawn("process-load", self.process_load.run)
         self.spawn("health-monitor", self.monitor.run)
@@ -132,6 +188,7 @@ class DiscoveryCore:
             for task in pending:
                 log.warning("Background task %s did not stop in %ss", task.get_name(), wait)
         self._tasks.clear()
+        await self.store.close()
 
     async def _guard(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         try:

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from discovery.alerts import AlertEvent
-from discovery.clock import iso8601
-from discovery.model import Alert
+from discovery.core.clock import iso8601
+from discovery.core.health.alerts import AlertEvent
+from discovery.core.model import Alert
 
 log = logging.getLogger("discovery.webhook")
 

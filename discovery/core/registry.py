@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from discovery.alerts import CriticalLoadPolicy
-from discovery.clock import Clock
-from discovery.config import Settings
-from discovery.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
-from discovery.interning import MetadataPool, name
-from discovery.liveness import Deadlines
-from discovery.model import Change, EventType, HealthStatus, Instance, Registration
+from discovery.core.clock import Clock
+from discovery.core.critical_load import CriticalLoadPolicy
+from discovery.core.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
+from discovery.core.interning import MetadataPool, name
+from discovery.core.liveness import Deadlines
+from discovery.core.model import Change, EventType, HealthStatus, Instance, Registration
+from discovery.core.settings import Settings
 
 log = logging.getLogger("discovery.registry")
 
@@ -135,8 +135,29 @@ class Registry:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def register(self, registration: Registration) -> tuple[Instance, bool]:
-        """Add or update an instance; returns it and whether it is new."""
+    def check_limits(self, registration: Registration) -> None:
+        """`LimitExceeded` when registering would pass an instance limit."""
+        if self.get(registration.service_name, registration.instance_id) is None:
+            self._check_limits(registration.service_name)
+
+    def record_of(self, registration: Registration) -> Instance:
+        """The instance as `register` would keep it (for the store to write first)."""
+        existing = self.get(registration.service_name, registration.instance_id)
+        return Instance(
+            service_name=registration.service_name,
+            instance_id=registration.instance_id,
+            host=registration.host,
+            port=registration.port,
+            health_endpoint=registration.health_endpoint,
+            metadata=dict(registration.metadata or {}),
+            registered_at=self._clock.time() if existing is None else existing.registered_at,
+        )
+
+    def register(
+        self, registration: Registration, registered_at: float | None = None
+    ) -> tuple[Instance, bool]:
+        """Add or update an instance; returns it and whether it is new. A new instance is
+        registered at `registered_at` (default: now)."""
         existing = self.get(registration.service_name, registration.instance_id)
         if existing is not None:
             return self._reregister(existing, registration), False
@@ -148,7 +169,7 @@ class Registry:
             port=registration.port,
             health_endpoint=registration.health_endpoint,
             metadata=self._metadata.share(registration.metadata),
-            registered_at=self._clock.time(),
+            registered_at=self._clock.time() if registered_at is None else registered_at,
         )
         self._services.setdefault(instance.service_name, {})[instance.instance_id] = instance
         self._count += 1

@@ -11,8 +11,8 @@ import math
 import re
 from collections.abc import Mapping
 
-from discovery.errors import InvalidArgument
-from discovery.model import Registration
+from discovery.core.errors import InvalidArgument
+from discovery.core.model import Registration
 
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY = 128

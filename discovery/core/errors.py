@@ -10,7 +10,8 @@ DiscoveryError
 │   ├── InstanceNotFound
 │   └── ServiceNotFound
 ├── LimitExceeded                429 / RESOURCE_EXHAUSTED
-└── ShuttingDown                 503 / UNAVAILABLE
+├── ShuttingDown                 503 / UNAVAILABLE
+└── StoreUnavailable             503 / UNAVAILABLE        (a write could not be made durable)
 """
 
 from __future__ import annotations
@@ -78,3 +79,7 @@ class ShuttingDown(DiscoveryError):
 
     def __init__(self) -> None:
         super().__init__("Server is shutting down")
+
+
+class StoreUnavailable(DiscoveryError):
+    """A write could not be made durable (disk full, store unreachable); it was not applied."""

@@ -26,7 +26,7 @@ DEFAULT_HEALTH_ENDPOINT = "/health"
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """A validated request to register an instance (see `discovery.validation`)."""
+    """A validated request to register an instance (see `discovery.core.validation`)."""
 
     service_name: str
     instance_id: str

@@ -1,0 +1,164 @@
+"""The composition root: one core, both servers on one event loop, and their bounded stop.
+
+`DiscoveryServer(settings)` builds everything and nothing runs until `start()`; `serve()` runs one
+until SIGTERM or SIGINT. `discovery.main` builds the settings at the edge and calls `serve()`;
+`discovery.testing.run_server` starts a `DiscoveryServer` in-process for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+from typing import Any
+
+import grpc
+import uvicorn
+
+from discovery.core.clock import Clock
+from discovery.core.facade import DiscoveryCore
+from discovery.core.settings import Settings
+from discovery.heap import settle_heap
+from discovery.rpc.health import HealthService
+from discovery.rpc.servicer import build_server
+from gateway_rest.app import create_app
+
+log = logging.getLogger("discovery")
+# The bound addresses are announced whatever LOG_LEVEL says: with port 0, that line is the only
+# way to learn them.
+announce = logging.getLogger("discovery.listening")
+announce.setLevel(logging.INFO)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the composition root owns SIGTERM and SIGINT,
+    because uvicorn would re-raise a captured signal after serving and kill the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class DiscoveryServer:
+    """The REST facade and the gRPC API over one `DiscoveryCore`, on the running event loop."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.core = DiscoveryCore(settings, clock)
+        self.rest_port = 0
+        self.grpc_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._health: HealthService | None = None
+        self._rest: _Uvicorn | None = None
+        self._rest_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def rest_url(self) -> str:
+        """Base URL of the REST facade, for clients on this machine."""
+        return f"http://{_join(_local(self.settings.host), self.rest_port)}"
+
+    @property
+    def grpc_target(self) -> str:
+        """gRPC target of the API, for clients on this machine."""
+        return _join(_local(self.settings.host), self.grpc_port)
+
+    async def start(self) -> None:
+        """Bind both ports, start serving and the background work, log the bound addresses."""
+        settings = self.settings
+        await self.core.start()
+        self._grpc, self._health = build_server(self.core)
+        self.grpc_port = self._grpc.add_insecure_port(_join(settings.host, settings.grpc_port))
+        await self._grpc.start()
+        sock = _bind(settings.host, settings.rest_port)
+        self.rest_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.core),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            http="httptools",
+            ws="none",
+            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace)),
+        )
+        self._rest = _Uvicorn(config)
+        self._rest_task = asyncio.create_task(self._rest.serve(sockets=[sock]), name="rest")
+        while not self._rest.started:
+            if self._rest_task.done():
+                await self._rest_task
+                raise RuntimeError("the REST server stopped during start-up")
+            await asyncio.sleep(0.005)
+        announce.info("REST listening on %s", _join(settings.host, self.rest_port))
+        announce.info("gRPC listening on %s", _join(settings.host, self.grpc_port))
+        if self.core.auth.open:
+            log.warning(
+                "SERVICE_DISCOVERY_SECRET is not set: register, heartbeat and unregister "
+                "are open to anyone"
+            )
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, end every stream, stop both servers; bounded by the grace."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.shutdown_grace
+        log.info("Shutting down (grace %ss)", grace)
+        if self._health is not None:
+            self._health.shutdown()
+        self.core.begin_shutdown()
+        waits = []
+        if self._rest is not None and self._rest_task is not None:
+            self._rest.should_exit = True
+            waits.append(asyncio.wait_for(asyncio.shield(self._rest_task), grace + 1))
+        if self._grpc is not None:
+            waits.append(self._grpc.stop(grace))
+        for outcome in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.warning("A server did not stop cleanly: %r", outcome)
+        await self.core.stop()
+        log.info("Stopped")
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _local(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn (so port 0 tells us the port actually bound)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot bind REST to {_join(host, port)}: {exc.strerror}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = DiscoveryServer(settings)
+    try:
+        await server.start()
+        settle_heap()
+        await stop.wait()
+    finally:
+        await server.stop()
