@@ -99,7 +99,8 @@ async def test_a_refused_registration_leaves_the_stream_and_its_other_instances_
             await client.register("game", instance, "10.0.0.5", 8080, health_endpoint=None)
         await asyncio.wait_for(client.connected.wait(), 5)
         await server.core.unregister("game", "game-1")
-        await add(server, "other-1", service="other")  # the limit is reached: game-1 cannot come back
+        # The limit is reached: game-1 cannot come back.
+        await add(server, "other-1", service="other")
         beats = registry.require("game", "game-2").last_heartbeat
         await until(lambda: registry.require("game", "game-2").last_heartbeat != beats)
         await asyncio.sleep(0.3)  # several refused re-registrations, one per heartbeat
