@@ -1,21 +1,35 @@
-"""Helpers for testing against this server: a fake clock and an in-process server on free ports.
+"""Helpers for testing against this server: a fake clock, an in-process server on free ports,
+the server as a subprocess, and a polling helper.
 
 async with run_server(secret="s3cret") as server:
     async with httpx.AsyncClient(base_url=server.rest_url) as client:
         ...
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         ...
+
+async with await ServerProcess.start(env={"SERVICE_DISCOVERY_STORE": "memory"}) as process:
+    ...  # process.rest_url, process.grpc_target; await process.stop() -> exit status
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from discovery.core.clock import Clock
 from discovery.core.settings import Settings
 from discovery.server import DiscoveryServer
+
+#: The console script of the interpreter running the tests.
+SCRIPT = Path(sys.executable).with_name("service-discovery")
 
 
 class FakeClock:
@@ -56,3 +70,162 @@ async def run_server(
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+LISTENING = re.compile(r"(REST|gRPC) listening on (\S+):(\d+)")
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], within: float = 5.0, every: float = 0.01
+) -> float:
+    """Wait until `check()` (a function or a coroutine function) is true; returns how long it
+    took. Raises `TimeoutError` after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        outcome = check()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return loop.time() - start
+        if loop.time() - start > within:
+            raise TimeoutError(f"not true within {within}s: {check!r}")
+        await asyncio.sleep(every)
+
+
+class ServerProcess:
+    """The `service-discovery` console script in a subprocess, on free ports of 127.0.0.1.
+
+    `await ServerProcess.start(env={...})` returns once both `listening` lines were logged;
+    `rest_url` and `grpc_target` tell where. Its stderr is kept in `lines`. `stop()` sends
+    SIGTERM (or `kill()` SIGKILL) and returns the exit status.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.ports: dict[str, int] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    @classmethod
+    async def start(
+        cls,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        command: Sequence[str] | None = None,
+        within: float = 20.0,
+        wait: bool = True,
+    ) -> ServerProcess:
+        """Spawn the server with the current environment plus `env` (loopback, port 0 unless
+        `env` says otherwise); with `wait`, return once it listens on both ports."""
+        environment = {
+            **os.environ,
+            "SERVICE_DISCOVERY_HOST": "127.0.0.1",
+            "SERVICE_DISCOVERY_PORT": "0",
+            "SERVICE_DISCOVERY_GRPC_PORT": "0",
+            **(env or {}),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *(command or [str(SCRIPT)]),
+            *args,
+            env=environment,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        server = cls(proc)
+        server._reader = asyncio.get_running_loop().create_task(server._read())
+        if wait:
+            await server.wait_listening(within)
+        return server
+
+    @property
+    def rest_port(self) -> int:
+        return self.ports["REST"]
+
+    @property
+    def grpc_port(self) -> int:
+        return self.ports["gRPC"]
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def output(self) -> str:
+        """Everything logged so far."""
+        return "".join(self.lines)
+
+    async def wait_listening(self, within: float = 20.0) -> None:
+        """Until both ports are announced; `AssertionError` with the log if it exits first."""
+        waiter = asyncio.ensure_future(self._listening.wait())
+        exited = asyncio.ensure_future(self.proc.wait())
+        try:
+            await asyncio.wait({waiter, exited}, timeout=within, return_when="FIRST_COMPLETED")
+        finally:
+            waiter.cancel()
+            exited.cancel()
+        if not self._listening.is_set():
+            if self._reader is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._reader), 2)
+            raise AssertionError("the server did not start listening:\n" + self.output)
+
+    async def wait_for_line(self, text: str, within: float = 10.0) -> str:
+        """The first logged line containing `text`, waiting for it."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found.extend(line for line in self.lines if text in line)
+            return bool(found)
+
+        await eventually(seen, within)
+        return found[0]
+
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 10.0) -> int:
+        """Send `sig` (SIGTERM by default) and wait for the exit status."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        return await self.wait(within)
+
+    async def kill(self) -> int:
+        """SIGKILL, and the exit status."""
+        return await self.stop(signal.SIGKILL)
+
+    async def wait(self, within: float = 10.0) -> int:
+        """The exit status, once the process ended and its log was read."""
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), within)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(f"still running after {within}s:\n" + self.output) from None
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 5)
+        return code
+
+    async def __aenter__(self) -> ServerProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _read(self) -> None:
+        stream = self.proc.stderr
+        assert stream is not None
+        while line := (await stream.readline()).decode(errors="replace"):
+            self.lines.append(line)
+            if match := LISTENING.search(line):
+                self.ports[match[1]] = int(match[3])
+                if len(self.ports) == 2:
+                    self._listening.set()
