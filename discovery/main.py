@@ -57,7 +57,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: exit 2 on bad settings, 1 when a port cannot be bound, else 0."""
+    """Console entry point: exit 2 on bad settings (TLS files included), 1 when a port cannot be
+    bound, else 0."""
     try:
         settings = parse_args(argv, os.environ)
     except ConfigError as exc:
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))
+    except ConfigError as exc:  # the TLS files are read only once the server starts
+        print(f"service-discovery: {exc}", file=sys.stderr)
+        sys.exit(2)
     except (OSError, RuntimeError) as exc:
         log.error("Cannot start: %s", exc)
         sys.exit(1)

@@ -24,6 +24,7 @@ from discovery.core.settings import Settings
 from discovery.heap import settle_heap
 from discovery.rpc.health import HealthService
 from discovery.rpc.servicer import build_server
+from discovery.tls import load_server_tls
 from gateway_rest.app import create_app
 
 log = logging.getLogger("discovery")
@@ -59,7 +60,8 @@ class DiscoveryServer:
     @property
     def rest_url(self) -> str:
         """Base URL of the REST facade, for clients on this machine."""
-        return f"http://{_join(_local(self.settings.host), self.rest_port)}"
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{_join(_local(self.settings.host), self.rest_port)}"
 
     @property
     def grpc_target(self) -> str:
@@ -69,9 +71,14 @@ class DiscoveryServer:
     async def start(self) -> None:
         """Bind both ports, start serving and the background work, log the bound addresses."""
         settings = self.settings
+        tls = load_server_tls(settings)  # a bad file stops start-up before anything runs
         await self.core.start()
         self._grpc, self._health = build_server(self.core)
-        self.grpc_port = self._grpc.add_insecure_port(_join(settings.host, settings.grpc_port))
+        address = _join(settings.host, settings.grpc_port)
+        if tls is None:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        else:
+            self.grpc_port = self._grpc.add_secure_port(address, tls.grpc_credentials())
         await self._grpc.start()
         sock = _bind(settings.host, settings.rest_port)
         self.rest_port = sock.getsockname()[1]
@@ -83,6 +90,7 @@ class DiscoveryServer:
             http="httptools",
             ws="none",
             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace)),
+            **(tls.uvicorn_options() if tls is not None else {}),
         )
         self._rest = _Uvicorn(config)
         self._rest_task = asyncio.create_task(self._rest.serve(sockets=[sock]), name="rest")
@@ -93,6 +101,11 @@ class DiscoveryServer:
             await asyncio.sleep(0.005)
         announce.info("REST listening on %s", _join(settings.host, self.rest_port))
         announce.info("gRPC listening on %s", _join(settings.host, self.grpc_port))
+        if tls is not None:
+            log.info(
+                "TLS on both ports%s",
+                ", client certificates required" if tls.client_ca is not None else "",
+            )
         if self.core.auth.open:
             log.warning(
                 "SERVICE_DISCOVERY_SECRET is not set: register, heartbeat and unregister "

@@ -19,6 +19,10 @@ to, and picks one per request without a network call:
         async for change in watcher.changes():         # or ServiceWatcher(on_change=...)
             log.info("%s %s", change.type, change.instance.address)
 
+Over TLS, give the server's CA (and, when the server requires client certificates, this
+client's certificate and key): `DiscoveryClient(target, ca_file=..., cert_file=..., key_file=...)`;
+`ServiceWatcher` and the blocking facades take the same three.
+
 Both survive server restarts: they reconnect with jittered exponential backoff, the client
 registers its instances again, and the watcher resumes from the last revision it saw.
 `SyncDiscoveryClient` and `SyncServiceWatcher` do the same for code without an event loop.
@@ -29,6 +33,8 @@ from discovery.client._common import (
     InstanceChange,
     NoInstanceAvailable,
     ServiceInstance,
+    TLSFiles,
+    open_channel,
 )
 from discovery.client.registration import DiscoveryClient
 from discovery.client.sync import SyncDiscoveryClient, SyncServiceWatcher
@@ -43,4 +49,6 @@ __all__ = [
     "ServiceWatcher",
     "SyncDiscoveryClient",
     "SyncServiceWatcher",
+    "TLSFiles",
+    "open_channel",
 ]

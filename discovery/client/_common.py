@@ -144,6 +144,46 @@ def auth_metadata(secret: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {secret}"),) if secret else ()
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel to `target` with the SDK's reconnect and keepalive options."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files for a TLS channel: the CA that signed the server's certificate (None: the
+    system's roots) and, for a server that requires client certificates, this client's
+    certificate and key."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def of(
+        cls, ca_file: str | None, cert_file: str | None, key_file: str | None, tls: bool
+    ) -> TLSFiles | None:
+        """The files given to a client's constructor; None for a plain channel."""
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if not tls and ca_file is None and cert_file is None:
+            return None
+        return cls(ca_file, cert_file, key_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials from the files (read now: OSError when one is missing)."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file),
+            private_key=_read(self.key_file),
+            certificate_chain=_read(self.cert_file),
+        )
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def open_channel(target: str, tls: TLSFiles | None = None) -> grpc.aio.Channel:
+    """A channel to `target` with the SDK's reconnect and keepalive options: TLS with `tls`,
+    plain without."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS)

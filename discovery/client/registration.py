@@ -15,6 +15,7 @@ import grpc
 from discovery.client._common import (
     Backoff,
     ServiceInstance,
+    TLSFiles,
     auth_metadata,
     open_channel,
     stop_task,
@@ -56,6 +57,10 @@ class DiscoveryClient:
 
     `heartbeat_interval` overrides the pace (default: half the interval the server asks for).
     Pass `channel=` to share a channel; the client then leaves it open on `close()`.
+
+    TLS: `ca_file` (the CA that signed the server's certificate; the system's roots when only
+    `tls=True` is given) and, for a server that requires client certificates, `cert_file` and
+    `key_file` (PEM). Without any of them the channel is plain.
     """
 
     def __init__(
@@ -66,12 +71,20 @@ class DiscoveryClient:
         channel: grpc.aio.Channel | None = None,
         heartbeat_interval: float | None = None,
         backoff: Backoff | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        tls: bool = False,
         keepalive: bool = True,
     ) -> None:
         if channel is None and target is None:
             raise ValueError("DiscoveryClient needs a target or a channel")
         self._own_channel = channel is None
-        self._channel = channel if channel is not None else open_channel(str(target))
+        self._channel = (
+            channel
+            if channel is not None
+            else open_channel(str(target), TLSFiles.of(ca_file, cert_file, key_file, tls))
+        )
         self._stub = pb_grpc.DiscoveryServiceStub(self._channel)
         self._metadata = auth_metadata(secret)
         self._interval = heartbeat_interval

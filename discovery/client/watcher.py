@@ -18,6 +18,7 @@ from discovery.client._common import (
     InstanceChange,
     NoInstanceAvailable,
     ServiceInstance,
+    TLSFiles,
     open_channel,
     stop_task,
 )
@@ -52,6 +53,10 @@ class ServiceWatcher:
     With `healthy_only` (default) the view holds healthy instances only, and an instance that
     turns unhealthy is a DELETE. `on_change` is called (and awaited when it is a coroutine
     function) for every change, in order, before the next message is read.
+
+    TLS: `ca_file` (the CA that signed the server's certificate; the system's roots when only
+    `tls=True` is given) and, for a server that requires client certificates, `cert_file` and
+    `key_file` (PEM). Without any of them the channel is plain.
     """
 
     def __init__(
@@ -63,6 +68,10 @@ class ServiceWatcher:
         healthy_only: bool = True,
         on_change: ChangeCallback | None = None,
         backoff: Backoff | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        tls: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         if channel is None and target is None:
@@ -70,7 +79,11 @@ class ServiceWatcher:
         self.services = tuple(services)
         self.healthy_only = healthy_only
         self._own_channel = channel is None
-        self._channel = channel if channel is not None else open_channel(str(target))
+        self._channel = (
+            channel
+            if channel is not None
+            else open_channel(str(target), TLSFiles.of(ca_file, cert_file, key_file, tls))
+        )
         self._stub = pb_grpc.DiscoveryServiceStub(self._channel)
         self._on_change = on_change
         self._backoff = backoff or Backoff()

@@ -57,10 +57,19 @@ class Settings:
 
     shutdown_grace: float = 3.0
 
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+
     @property
     def heartbeat_grace(self) -> float:
         """How long a heartbeat-only instance stays healthy without a heartbeat."""
         return 2 * self.heartbeat_interval
+
+    @property
+    def tls(self) -> bool:
+        """Whether both ports serve TLS only."""
+        return self.tls_cert_file is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -89,6 +98,17 @@ class Settings:
         if self.critical_load_hysteresis > self.critical_load_threshold:
             raise ConfigError(
                 "CRITICAL_LOAD_HYSTERESIS", "must not be larger than CRITICAL_LOAD_THRESHOLD"
+            )
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        cert, key, ca = "tls_cert_file", "tls_key_file", "tls_client_ca_file"
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (cert, key) if self.tls_key_file is None else (key, cert)
+            raise ConfigError(ENV_VARS[missing], f"must be set together with {ENV_VARS[given]}")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError(
+                ENV_VARS[ca], f"needs {ENV_VARS[cert]} and {ENV_VARS[key]} (TLS) as well"
             )
 
     def replace(self, **changes: Any) -> Settings:
@@ -181,6 +201,9 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "watch_max_backlog": ("WATCH_MAX_BACKLOG", _integer),
     "watch_progress_interval": ("WATCH_PROGRESS_INTERVAL_SECONDS", _seconds),
     "shutdown_grace": ("SHUTDOWN_GRACE_SECONDS", _seconds),
+    "tls_cert_file": ("SERVICE_DISCOVERY_TLS_CERT_FILE", _optional_text),
+    "tls_key_file": ("SERVICE_DISCOVERY_TLS_KEY_FILE", _optional_text),
+    "tls_client_ca_file": ("SERVICE_DISCOVERY_TLS_CLIENT_CA_FILE", _optional_text),
 }
 
 _RULES: dict[str, Callable[[Any], str | None]] = {

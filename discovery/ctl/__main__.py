@@ -1,0 +1,5 @@
+"""`python -m discovery.ctl` is `discoveryctl`."""
+
+from discovery.ctl.cli import main
+
+main()
