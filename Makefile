@@ -8,13 +8,20 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 PROTO := proto/discovery/v1/discovery.proto
 
-.PHONY: run test lint proto proto-check bench bench-smoke freeze clean
+.PHONY: run test lint proto proto-check bench bench-smoke freeze clean chromium
+
+# The dashboard test drives Debian's chromium through Playwright; Playwright's own browser
+# downloads are never used.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 run: $(STAMP)
 	$(BIN)/service-discovery
 
-test: $(STAMP) lint proto-check
+test: $(STAMP) lint proto-check chromium
 	$(BIN)/python -m pytest
+
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint

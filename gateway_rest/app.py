@@ -12,10 +12,11 @@ from gateway_rest.guard import WriteGuard
 from gateway_rest.hot import HotPaths
 from gateway_rest.routers import health_router, router
 from gateway_rest.sse import router as watch_router
+from gateway_rest.ui import build_router as build_ui_router
 
 
 def create_app(core: DiscoveryCore) -> FastAPI:
-    """The REST application serving `core`: `/v1/discovery/...`, `/health`, `/docs`."""
+    """The REST application serving `core`: `/v1/discovery/...`, `/health`, `/docs`, `/ui/`."""
     app = FastAPI(
         title="Service Discovery",
         version="1.0.0",
@@ -25,6 +26,7 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     app.include_router(router)
     app.include_router(watch_router)
     app.include_router(health_router)
+    app.include_router(build_ui_router())
     errors.install(app)
     # Starlette runs the last added outermost: the guard first, then the hot paths.
     app.add_middleware(HotPaths, core=core)
