@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from discovery.core.settings import ENV_VARS, ConfigError, Settings
 from discovery.server import serve
+from discovery.tls import load_server_tls
 
 log = logging.getLogger("discovery")
 
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bound, else 0."""
     try:
         settings = parse_args(argv, os.environ)
+        load_server_tls(settings)  # unusable TLS files are bad settings too
     except ConfigError as exc:
         print(f"service-discovery: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))
-    except ConfigError as exc:  # the TLS files are read only once the server starts
+    except ConfigError as exc:  # a TLS file that changed since
         print(f"service-discovery: {exc}", file=sys.stderr)
         sys.exit(2)
     except (OSError, RuntimeError) as exc:

@@ -120,11 +120,13 @@ async def test_mutual_tls_needs_a_client_certificate_on_grpc(
 
 
 async def test_sdk_over_mutual_tls(mtls_server: DiscoveryServer, certs: Certificates) -> None:
-    files = {"ca_file": str(certs.ca), "cert_file": str(certs.client.cert)}
-    files["key_file"] = str(certs.client.key)
+    ca, cert, key = str(certs.ca), str(certs.client.cert), str(certs.client.key)
+    target = mtls_server.grpc_target
     async with (
-        ServiceWatcher(mtls_server.grpc_target, ["game"], healthy_only=False, **files) as watcher,
-        DiscoveryClient(mtls_server.grpc_target, **files) as client,
+        ServiceWatcher(
+            target, ["game"], healthy_only=False, ca_file=ca, cert_file=cert, key_file=key
+        ) as watcher,
+        DiscoveryClient(target, ca_file=ca, cert_file=cert, key_file=key) as client,
     ):
         await client.register("game", "game-1", "127.0.0.1", 8080, health_endpoint=None)
         await eventually(lambda: [i.instance_id for i in watcher.instances("game")] == ["game-1"])
