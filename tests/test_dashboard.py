@@ -13,13 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import Browser, Page, async_playwright
 
 from discovery.testing import ServerProcess, run_server
 from tests.conftest import AUTH, SECRET, registration
 from tests.instances import FakeInstances, fake_instances
-
-os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-playwright_api = pytest.importorskip("playwright.async_api")
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
@@ -34,10 +32,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 HOSTILE = '<img src=x onerror="window.__pwned = 1">'
-
-pytestmark = pytest.mark.skipif(
-    not os.access(CHROMIUM, os.X_OK), reason="chromium is installed by `make test`"
-)
 
 
 @pytest.fixture
@@ -54,8 +48,9 @@ async def server() -> AsyncIterator[ServerProcess]:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
+async def browser() -> AsyncIterator[Browser]:
+    assert os.access(CHROMIUM, os.X_OK), f"no {CHROMIUM}: `make chromium` installs it"
+    async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
@@ -72,17 +67,27 @@ async def fleet() -> AsyncIterator[FakeInstances]:
         yield instances
 
 
-async def open_dashboard(browser: Any, url: str, width: int, height: int) -> Any:
+class ScriptErrors(list[str]):
+    """The script errors a page threw, kept by its `pageerror` listener."""
+
+    def __init__(self, page: Page) -> None:
+        super().__init__()
+        page.on("pageerror", lambda error: self.append(str(error)))
+
+
+async def open_dashboard(
+    browser: Browser, url: str, width: int, height: int
+) -> tuple[Page, ScriptErrors]:
+    """A page of `width` x `height` showing the dashboard once its stream is live, and the
+    errors its script throws."""
     page = await browser.new_page(viewport={"width": width, "height": height})
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.errors = errors
+    errors = ScriptErrors(page)
     await page.goto(f"{url}/ui/")
     await page.wait_for_selector('#connection[data-state="live"]', timeout=10_000)
-    return page
+    return page, errors
 
 
-async def row(page: Any, name: str) -> dict[str, str] | None:
+async def row(page: Page, name: str) -> dict[str, str] | None:
     """The data-* attributes of the row of instance `name` (SERVICE/ID), None when absent."""
     found: dict[str, str] | None = await page.evaluate(
         """(name) => {
@@ -130,9 +135,9 @@ def screenshot_path(name: str) -> str:
 
 
 async def test_the_page_follows_every_change_within_a_second(
-    server: ServerProcess, browser: Any, fleet: FakeInstances
+    server: ServerProcess, browser: Browser, fleet: FakeInstances
 ) -> None:
-    page = await open_dashboard(browser, server.rest_url, 1280, 800)
+    page, errors = await open_dashboard(browser, server.rest_url, 1280, 800)
     async with httpx.AsyncClient(base_url=server.rest_url, timeout=5) as client:
 
         async def has(status: str | None, critical: bool = False) -> bool:
@@ -179,7 +184,7 @@ async def test_the_page_follows_every_change_within_a_second(
         assert deleted.is_success
         assert await follows(shows(None), lambda: has(None)) <= 1.0
         assert await page.locator("#services-empty").is_visible()
-    assert page.errors == []
+    assert errors == []
 
 
 async def seed(client: httpx.AsyncClient, fleet: FakeInstances) -> None:
@@ -205,12 +210,12 @@ async def seed(client: httpx.AsyncClient, fleet: FakeInstances) -> None:
 
 
 async def test_readable_on_a_phone_and_data_stays_text(
-    server: ServerProcess, browser: Any, fleet: FakeInstances
+    server: ServerProcess, browser: Browser, fleet: FakeInstances
 ) -> None:
     async with httpx.AsyncClient(base_url=server.rest_url, timeout=5) as client:
         await seed(client, fleet)
     for name, width, height in (("phone", 375, 740), ("laptop", 1280, 800)):
-        page = await open_dashboard(browser, server.rest_url, width, height)
+        page, errors = await open_dashboard(browser, server.rest_url, width, height)
         await page.wait_for_selector('[data-instance="game/game-1"][data-critical="true"]')
         await page.wait_for_selector(
             '[data-instance="checkout/checkout-eu-west-1b-2d41"][data-status="unhealthy"]'
@@ -224,19 +229,19 @@ async def test_readable_on_a_phone_and_data_stays_text(
         assert await page.evaluate("() => window.__pwned") is None
         assert await page.locator("img").count() == 0
         assert HOSTILE in await page.locator('[data-instance="game/game-1"]').inner_text()
-        assert page.errors == []
+        assert errors == []
         await page.close()
 
 
 async def test_the_page_resumes_after_a_server_restart(
-    browser: Any, fleet: FakeInstances, tmp_path: Path
+    browser: Browser, fleet: FakeInstances, tmp_path: Path
 ) -> None:
     env = {
         "SERVICE_DISCOVERY_STORE": f"sqlite:{tmp_path / 'registry.db'}",
         "SERVICE_DISCOVERY_SECRET": SECRET,
     }
     async with await ServerProcess.start(env=env) as first:
-        page = await open_dashboard(browser, first.rest_url, 1024, 700)
+        page, errors = await open_dashboard(browser, first.rest_url, 1024, 700)
         ports = {
             "SERVICE_DISCOVERY_PORT": str(first.rest_port),
             "SERVICE_DISCOVERY_GRPC_PORT": str(first.grpc_port),
@@ -248,6 +253,7 @@ async def test_the_page_resumes_after_a_server_restart(
             body = registration(instance="late", health_endpoint=None)
             assert (await client.post("/v1/discovery/register", json=body, headers=AUTH)).is_success
         await page.wait_for_selector('[data-instance="game/late"]', timeout=15_000)
+        assert errors == []
         assert await second.stop() == 0
 
 

@@ -147,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         # watch runs until interrupted: that is how it ends, not a failure.
         sys.exit(OK if args.command == "watch" else 130)
+    except BrokenPipeError:
+        # The reader went away (`discoveryctl watch | head`): done, without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(OK)
     except grpc.aio.AioRpcError as exc:
         sys.exit(_failure(exc))
     except NotServing as exc:

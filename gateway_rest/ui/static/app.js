@@ -10,6 +10,7 @@
   let alertRead = null; // the alerts request under way, if any
   let alertAgain = false; // another change came while it was under way
   let filterText = "";
+  let resumeFrom = null; // the revision of the last numbered event (SSE id), for a new stream
 
   const $ = (id) => document.getElementById(id);
   const key = (record) => `${record.service_name}/${record.instance_id}`;
@@ -40,15 +41,19 @@
   // -- the stream --------------------------------------------------------------------------
 
   function connect() {
-    const source = new EventSource("/v1/discovery/watch");
+    const query = resumeFrom === null ? "" : `?start_revision=${resumeFrom}`;
+    const source = new EventSource(`/v1/discovery/watch${query}`);
     source.onopen = () => setConnection("live", "live");
     source.onerror = () => {
-      // The browser reconnects by itself and resumes with Last-Event-ID.
+      // The browser reconnects by itself and resumes with Last-Event-ID. It gives up only
+      // when the server answered with an error (a 503 while it shuts down): then a new
+      // stream resumes from the last revision seen, a little later.
       const closed = source.readyState === EventSource.CLOSED;
       setConnection(closed ? "closed" : "reconnecting", closed ? "disconnected" : "reconnecting…");
       if (closed) setTimeout(connect, 2000);
     };
     source.onmessage = (message) => {
+      if (message.lastEventId) resumeFrom = message.lastEventId;
       let data;
       try {
         data = JSON.parse(message.data);
