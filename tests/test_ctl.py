@@ -130,8 +130,9 @@ async def test_exit_status_2_on_a_usage_error(args: list[str]) -> None:
     assert result.err.strip()
 
 
-async def test_exit_status_3_when_the_server_is_unreachable() -> None:
-    result = await ctl("--server", f"127.0.0.1:{closed_port()}", "--timeout", "3", "services")
+@pytest.mark.parametrize("command", ["services", "watch", "health"])
+async def test_exit_status_3_when_the_server_is_unreachable(command: str) -> None:
+    result = await ctl("--server", f"127.0.0.1:{closed_port()}", "--timeout", "3", command)
     assert result.code == 3
     assert "cannot reach" in result.err
 
@@ -143,7 +144,10 @@ async def read_json_line(stream: asyncio.StreamReader) -> dict[str, Any]:
     return data
 
 
-async def test_watch_follows_and_resumes_after_a_server_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+async def test_watch_follows_and_resumes_after_a_server_restart(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     env = {
         "SERVICE_DISCOVERY_STORE": f"sqlite:{tmp_path / 'registry.db'}",
         "SERVICE_DISCOVERY_SECRET": SECRET,
@@ -165,7 +169,7 @@ async def test_watch_follows_and_resumes_after_a_server_restart(tmp_path: Path) 
         assert (put["type"], put["instance"]["instance_id"]) == ("PUT", "game-1")
         assert put["revision"] > 0
 
-        assert await first.stop() == 0
+        assert await first.stop(stop) == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
         async with await ServerProcess.start(env={**env, **ports}) as second:
             await ctl(*register, "game-2", "127.0.0.1", "8081", "--no-health-endpoint", env=WRITE)
             seen: list[dict[str, Any]] = []

@@ -134,9 +134,11 @@ async def health(args: argparse.Namespace, ctx: Context) -> None:
 
 async def watch(args: argparse.Namespace, ctx: Context) -> None:
     """Print every change until interrupted. A broken stream is resumed from the last revision
-    printed, so no change is missed or repeated; a snapshot is printed only once it is whole."""
+    printed, so no change is missed or repeated; a snapshot is printed only once it is whole.
+    A server that cannot be reached at the start is an error like for any other command."""
     revision = 0
     backoff = Backoff(maximum=2.0)
+    followed = False
     while True:
         request = pb.WatchRequest(
             service_names=args.services, healthy_only=args.healthy, start_revision=revision
@@ -144,15 +146,25 @@ async def watch(args: argparse.Namespace, ctx: Context) -> None:
         try:
             revision = await _follow(ctx, request, backoff)
             reason = "the server ended the stream"
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in _RETRIED:
-                raise
-            reason = exc.code().name
-        except TimeoutError:
-            reason = "no word from the server for 30s"
+        except _Lost as lost:
+            revision, reason = lost.revision, lost.reason
+            if not followed and not lost.answered:
+                raise lost.cause from None
+        followed = True
         delay = backoff.next()
         print(f"discoveryctl: {reason}; reconnecting in {delay:.1f}s", file=ctx.err, flush=True)
         await asyncio.sleep(delay)
+
+
+class _Lost(Exception):
+    """The stream broke: from which revision to go on, and whether the server had answered."""
+
+    def __init__(self, cause: Exception, reason: str, revision: int, answered: bool) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.reason = reason
+        self.revision = revision
+        self.answered = answered
 
 
 _RETRIED = frozenset(
@@ -161,8 +173,10 @@ _RETRIED = frozenset(
 
 
 async def _follow(ctx: Context, request: pb.WatchRequest, backoff: Backoff) -> int:
-    """Print the stream's events; returns the revision printed up to, when the stream ends."""
+    """Print the stream's events; returns the revision printed up to, when the stream ends,
+    and raises `_Lost` when it breaks."""
     revision = request.start_revision
+    answered = False
     pending: list[dict[str, Any]] | None = None
     call: grpc.aio.UnaryStreamCall[pb.WatchRequest, pb.WatchResponse] = ctx.stub.Watch(request)
     try:
@@ -171,6 +185,7 @@ async def _follow(ctx: Context, request: pb.WatchRequest, backoff: Backoff) -> i
                 message = await call.read()
             if not isinstance(message, pb.WatchResponse):
                 return revision
+            answered = True
             backoff.reset()
             if message.reset:
                 pending = [records.event("RESET", message.revision)]
@@ -185,6 +200,12 @@ async def _follow(ctx: Context, request: pb.WatchRequest, backoff: Backoff) -> i
                 for data in lines:
                     ctx.emit(data, tables.event_line(data))
                 revision = message.revision
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() not in _RETRIED:
+            raise
+        raise _Lost(exc, exc.code().name, revision, answered) from None
+    except TimeoutError as exc:
+        raise _Lost(exc, "no word from the server for 30s", revision, answered) from None
     finally:
         call.cancel()
 
