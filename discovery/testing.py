@@ -105,6 +105,7 @@ class ServerProcess:
         self.proc = proc
         self.lines: list[str] = []
         self.ports: dict[str, int] = {}
+        self.scheme = "http"
         self._reader: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
@@ -135,6 +136,8 @@ class ServerProcess:
             stderr=asyncio.subprocess.PIPE,
         )
         server = cls(proc)
+        if environment.get("SERVICE_DISCOVERY_TLS_CERT_FILE"):
+            server.scheme = "https"
         server._reader = asyncio.get_running_loop().create_task(server._read())
         if wait:
             await server.wait_listening(within)
@@ -150,7 +153,7 @@ class ServerProcess:
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"{self.scheme}://127.0.0.1:{self.rest_port}"
 
     @property
     def grpc_target(self) -> str:

@@ -201,7 +201,8 @@ async def test_the_console_script_serves_tls(certs: Certificates) -> None:
         "SERVICE_DISCOVERY_TLS_KEY_FILE": str(certs.server.key),
     }
     async with await ServerProcess.start(env=env) as process:
-        url = f"https://127.0.0.1:{process.rest_port}/health"
+        assert process.rest_url.startswith("https://")
+        url = f"{process.rest_url}/health"
         async with httpx.AsyncClient(verify=https_context(certs), timeout=5) as client:
             assert (await client.get(url)).status_code == 200
         health = await ctl("--server", process.grpc_target, "--ca", str(certs.ca), "health")
