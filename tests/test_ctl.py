@@ -130,6 +130,15 @@ async def test_exit_status_2_on_a_usage_error(args: list[str]) -> None:
     assert result.err.strip()
 
 
+async def test_help_and_version() -> None:
+    helped = await ctl("--help")
+    assert helped.code == 0
+    for command in ("services", "get", "watch", "register", "heartbeat", "unregister", "alerts"):
+        assert command in helped.out
+    version = await ctl("--version")
+    assert (version.code, version.out.split()) == (0, ["discoveryctl", "1.0.0"])
+
+
 @pytest.mark.parametrize("command", ["services", "watch", "health"])
 async def test_exit_status_3_when_the_server_is_unreachable(command: str) -> None:
     result = await ctl("--server", f"127.0.0.1:{closed_port()}", "--timeout", "3", command)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "comes from $SERVICE_DISCOVERY_SECRET.",
     )
     _options(parser, suppress=False)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {importlib.metadata.version('service-discovery')}",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
