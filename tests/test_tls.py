@@ -12,8 +12,11 @@ import httpx
 import pytest
 
 from discovery.client import DiscoveryClient, ServiceWatcher
+from discovery.core.settings import ConfigError, Settings
+from discovery.main import parse_args
 from discovery.server import DiscoveryServer
 from discovery.testing import ServerProcess, eventually, run_server
+from discovery.tls import load_server_tls
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.certs import Certificates, Pair, make_certificates
@@ -208,3 +211,26 @@ async def test_the_console_script_serves_tls(certs: Certificates) -> None:
         health = await ctl("--server", process.grpc_target, "--ca", str(certs.ca), "health")
         assert (health.code, health.out.strip()) == (0, "SERVING")
         assert await process.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SERVICE_DISCOVERY_TLS_CERT_FILE": "s.crt"}, "SERVICE_DISCOVERY_TLS_KEY_FILE"),
+        ({"SERVICE_DISCOVERY_TLS_KEY_FILE": "s.key"}, "SERVICE_DISCOVERY_TLS_CERT_FILE"),
+        ({"SERVICE_DISCOVERY_TLS_CLIENT_CA_FILE": "c"}, "SERVICE_DISCOVERY_TLS_CLIENT_CA_FILE"),
+    ],
+)
+def test_tls_settings_go_together(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    assert refused.value.variable == variable
+
+
+def test_tls_settings_also_come_from_flags(certs: Certificates) -> None:
+    settings = parse_args(
+        ["--tls-cert-file", str(certs.server.cert), "--tls-key-file", str(certs.server.key)], {}
+    )
+    assert settings.tls
+    assert load_server_tls(settings) is not None
+    assert load_server_tls(Settings()) is None
