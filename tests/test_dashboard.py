@@ -225,6 +225,8 @@ async def test_readable_on_a_phone_and_data_stays_text(
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         await page.screenshot(path=screenshot_path(f"{name}-fleet"), full_page=True)
+        await page.emulate_media(color_scheme="dark")
+        await page.screenshot(path=screenshot_path(f"{name}-fleet-dark"), full_page=True)
         assert overflow <= 0, f"{overflow}px of horizontal overflow at {width}px"
         assert await page.evaluate("() => window.__pwned") is None
         assert await page.locator("img").count() == 0
