@@ -29,6 +29,8 @@ from discovery.rpc.codec import (
 from discovery.rpc.health import HEALTH_SERVICE_NAME, HealthService
 from discovery.rpc.status import STATUS_FOR, authorization, status_for
 from discovery.rpc.streams import as_bytes, keep_alive, watch
+from discovery.rpc.xds import SERVICE_NAME as XDS_SERVICE_NAME
+from discovery.rpc.xds import add_xds_service
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
@@ -180,7 +182,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
 def build_server(
     core: DiscoveryCore, servicer: pb_grpc.DiscoveryServiceServicer | None = None
 ) -> tuple[grpc.aio.Server, HealthService]:
-    """A grpc.aio server (not started, no port) with the discovery, health and reflection services.
+    """A grpc.aio server (not started, no port) with the discovery, xDS (ADS), health and
+    reflection services.
 
     Call inside the running event loop.
     """
@@ -197,8 +200,9 @@ def build_server(
     pb_grpc.add_DiscoveryServiceServicer_to_server(servicer or DiscoveryServicer(core), registrar)
     health = HealthService([SERVICE_NAME])
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    add_xds_service(server, core)
     reflection.enable_server_reflection(
-        [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+        [SERVICE_NAME, XDS_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     return server, health
 

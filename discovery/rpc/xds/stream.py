@@ -1,0 +1,221 @@
+"""One ADS stream (StreamAggregatedResources, state of the world).
+
+Three parts: the handler reads the client's requests (`_on_request`); a pump task takes the
+messages of a watcher on the services the stream asks for into a `Mirror`; both then `flush`,
+which sends, per type, the resources that changed since the last response (under a lock, so
+responses leave one at a time and in order).
+
+A slow client holds up only its own pump: its watcher's queue fills, drops its backlog past the
+hub's limit and owes a reset snapshot, from which the mirror is rebuilt. Names asked for later
+reopen the watcher on the new set; nothing is answered until its snapshot has been taken in, so
+an answer never calls a service absent that merely was not watched yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from discovery.core.errors import DiscoveryError
+from discovery.core.facade import DiscoveryCore
+from discovery.core.watch.events import WatchSelector
+from discovery.core.watch.queue import Watcher
+from discovery.rpc.xds.dns import DnsCache
+from discovery.rpc.xds.mirror import Mirror
+from discovery.rpc.xds.resources import (
+    CLUSTER,
+    ENDPOINTS,
+    LISTENER,
+    ResourceCache,
+    header,
+)
+from discovery.rpc.xds.subscription import Subscription, Verdict
+
+log = logging.getLogger("discovery.xds")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+
+
+class AdsStream:
+    """The state of one StreamAggregatedResources call."""
+
+    def __init__(
+        self, core: DiscoveryCore, cache: ResourceCache, dns: DnsCache, context: Context
+    ) -> None:
+        self.core = core
+        self.cache = cache
+        self.dns = dns
+        self.context = context
+        self.peer = context.peer()
+        self.node = ""
+        self.subscriptions: dict[str, Subscription] = {}
+        self.mirror = Mirror()
+        self.revision = core.revision
+        # The services watched: None for all of them; the watcher and whether its snapshot
+        # is in the mirror.
+        self.watched: frozenset[str] | None = frozenset()
+        self.watcher: Watcher | None = None
+        self.synced = True
+        self.pump: asyncio.Task[None] | None = None
+        self.ended = asyncio.Event()  # the pump's watcher was ended (server shutdown)
+        self._lock = asyncio.Lock()
+        self._watching = asyncio.Event()
+        self._nonce = 0
+        self._dns_flush: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Serve the stream until the client closes it or the server shuts down."""
+        self.dns.subscribe(self._on_dns)
+        reader = asyncio.ensure_future(self._read())
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            await asyncio.wait((reader, ended), return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                reader.result()  # a failed flush surfaces here
+            else:
+                await self.context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+        finally:
+            self.dns.unsubscribe(self._on_dns)
+            for task in (reader, ended, self.pump, self._dns_flush):
+                if task is not None:
+                    task.cancel()
+            if self.watcher is not None:
+                self.watcher.close()
+
+    async def _read(self) -> None:
+        context = self.context
+        while (request := await context.read()) is not _EOF:
+            await self._on_request(request)
+            if self.pump is not None and self.pump.done():
+                self.pump.result()  # a failed flush surfaces here
+
+    async def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        if request.HasField("node") and not self.node:
+            self.node = request.node.id or "?"
+            log.info("xDS stream from %s (node %r)", self.peer, self.node)
+        type_url = request.type_url
+        subscription = self.subscriptions.get(type_url)
+        if subscription is None:
+            subscription = self.subscriptions[type_url] = Subscription(type_url)
+        verdict = subscription.update(request, f"{self.peer} (node {self.node!r})")
+        if verdict is Verdict.STALE or not subscription.owed:
+            return
+        self._rewatch()
+        if self.synced:
+            await self.flush()
+
+    def _rewatch(self) -> None:
+        """Watch the union of the names asked for (every service if any type asks for all)."""
+        wanted: set[str] | None = set()
+        for subscription in self.subscriptions.values():
+            if subscription.type_url not in (LISTENER, CLUSTER, ENDPOINTS):
+                continue
+            if subscription.names is None:
+                wanted = None
+                break
+            wanted.update(subscription.names)
+        watched = None if wanted is None else frozenset(wanted)
+        if watched == self.watched:
+            return
+        old = self.watcher
+        self.watched = watched
+        self.watcher = None
+        self.mirror.clear()
+        if old is not None:
+            old.end()  # wakes the pump, which moves on to the new watcher
+            old.close()
+        if watched is not None and not watched:
+            self.synced = True
+            return
+        try:
+            self.watcher = self.core.watch(WatchSelector(watched or frozenset()))
+        except DiscoveryError:
+            self.ended.set()  # shutting down
+            return
+        self.synced = False
+        self._watching.set()
+        if self.pump is None:
+            self.pump = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            watcher = self.watcher
+            if watcher is None:
+                # Nothing watched right now: wait for the reader to open a watcher.
+                self._watching.clear()
+                await self._watching.wait()
+                continue
+            batch = await watcher.next_batch()
+            if batch is None:
+                if watcher is self.watcher:
+                    self.ended.set()
+                    return
+                continue  # replaced by a watcher on other names
+            if batch.is_progress:
+                continue
+            self.mirror.apply(batch)
+            self.revision = max(self.revision, batch.revision)
+            if batch.synced:
+                self.synced = True
+                await self.flush()
+
+    def _on_dns(self) -> None:
+        if self._dns_flush is None or self._dns_flush.done():
+            self._dns_flush = asyncio.ensure_future(self.flush())
+
+    async def flush(self) -> None:
+        """Send every type whose resources changed, or whose client awaits an answer."""
+        async with self._lock:
+            if not self.synced:
+                return
+            for subscription in list(self.subscriptions.values()):
+                if subscription.requests == 0:
+                    continue
+                resources = self._resources(subscription)
+                if resources == subscription.sent and not subscription.owed:
+                    continue
+                await self._send(subscription, resources)
+
+    def _resources(self, subscription: Subscription) -> dict[str, bytes]:
+        mirror, cache = self.mirror, self.cache
+        names = subscription.names
+        present = mirror.services if names is None else [n for n in names if mirror.exists(n)]
+        type_url = subscription.type_url
+        if type_url == LISTENER:
+            return {name: cache.listener(name) for name in present}
+        if type_url == CLUSTER:
+            return {name: cache.cluster(name) for name in present}
+        if type_url == ENDPOINTS:
+            return {
+                name: cache.load_assignment(name, mirror.endpoints(name, self.dns))
+                for name in present
+            }
+        return {}  # a type this server has no resources of (RDS: routes are inline)
+
+    async def _send(self, subscription: Subscription, resources: dict[str, bytes]) -> None:
+        self._nonce += 1
+        nonce = str(self._nonce)
+        version = subscription.next_version(self.revision)
+        subscription.sent = resources
+        subscription.owed = False
+        subscription.version = version
+        subscription.nonce = nonce
+        parts = [resources[name] for name in sorted(resources)]  # a stable order
+        parts.append(header(version, subscription.type_url, nonce))
+        await self.context.write(b"".join(parts))
+
+
+async def stream_aggregated_resources(
+    core: DiscoveryCore, cache: ResourceCache, dns: DnsCache, context: Context
+) -> None:
+    """Serve one ADS stream; refused with UNAVAILABLE once shutdown has begun."""
+    try:
+        core.check_serving()
+    except DiscoveryError:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+    await AdsStream(core, cache, dns, context).run()

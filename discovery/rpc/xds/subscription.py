@@ -1,0 +1,102 @@
+"""What one ADS stream has asked for and been sent, per resource type (state of the world).
+
+The xDS rules kept here: a request whose `response_nonce` is not the last one sent for its type
+is stale and ignored; a request carrying `error_detail` rejects (NACKs) the last response, which
+is logged and never sent again; any other request acknowledges it. A response goes out when the
+client asks for a set of names it has not been answered for, or when the resources it follows
+change; never twice with the same resources.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from discovery.rpc.xds.resources import CLUSTER, LISTENER
+
+log = logging.getLogger("discovery.xds")
+
+#: Types whose empty first request means every resource (wildcard), as in Envoy's LDS and CDS.
+WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
+
+
+class Verdict(enum.Enum):
+    """How a request relates to the last response of its type."""
+
+    STALE = "stale"
+    NEW = "new"  # the first request of its type
+    ACK = "ack"
+    NACK = "nack"
+
+
+class Subscription:
+    """One resource type of one stream."""
+
+    def __init__(self, type_url: str) -> None:
+        self.type_url = type_url
+        #: The names asked for; None for every resource of the type.
+        self.names: frozenset[str] | None = frozenset()
+        #: A response is owed: the client asked for names it was not answered for.
+        self.owed = False
+        #: The resources (name -> encoded part) of the last response; None before it.
+        self.sent: dict[str, bytes] | None = None
+        self.version = ""
+        self.nonce = ""
+        self.acked = ""
+        self.rejected = ""
+        self.requests = 0
+
+    def update(self, request: discovery_pb2.DiscoveryRequest, peer: str) -> Verdict:
+        """Take in a request of this type; `owed` tells whether it needs an answer."""
+        if request.response_nonce and request.response_nonce != self.nonce:
+            # An answer to an older response: a newer one is on its way to the client, and its
+            # ACK or NACK will carry the client's names.
+            return Verdict.STALE
+        verdict = Verdict.NEW if self.requests == 0 else Verdict.ACK
+        if request.HasField("error_detail"):
+            verdict = Verdict.NACK
+            self.rejected = self.version
+            log.warning(
+                "xDS client %s rejected %s version %s (keeps %r): %s",
+                peer,
+                _short(self.type_url),
+                self.version,
+                request.version_info,
+                request.error_detail.message,
+            )
+        elif request.response_nonce:
+            self.acked = request.version_info
+        names = self._names(request)
+        if names != self.names or self.requests == 0:
+            self.names = names
+            self.owed = True
+        self.requests += 1
+        return verdict
+
+    def wants(self, name: str) -> bool:
+        return self.names is None or name in self.names
+
+    def _names(self, request: discovery_pb2.DiscoveryRequest) -> frozenset[str] | None:
+        names = request.resource_names
+        if "*" in names:
+            return None
+        if not names and self.type_url in WILDCARD_TYPES and (
+            self.requests == 0 or self.names is None
+        ):
+            return None
+        return frozenset(names)
+
+    def next_version(self, revision: int) -> str:
+        """The version of the next response: the revision it reflects, made unique per type
+        when the same revision is answered twice (a change of the names asked for)."""
+        version = str(revision)
+        if self.version == version or self.version.startswith(version + "."):
+            tail = self.version.rpartition(".")[2] if "." in self.version else "0"
+            version = f"{revision}.{int(tail) + 1}"
+        return version
+
+
+def _short(type_url: str) -> str:
+    return type_url.rpartition(".")[2]
