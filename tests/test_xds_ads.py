@@ -82,6 +82,7 @@ async def test_resources_for_a_service(server: DiscoveryServer, ads: AdsClient) 
     response = await ads.subscribe(ENDPOINTS, ["api"])
     assignment = assignments(response)["api"]
     [locality] = assignment.endpoints
+    assert locality.HasField("locality")
     assert locality.load_balancing_weight.value == 1
     assert endpoint_weights(assignment) == {"127.0.0.1:9001": 100, "127.0.0.1:9002": 100}
     for entry in locality.lb_endpoints:

@@ -119,7 +119,8 @@ def load_assignment(
     if not endpoints:
         return assignment
     locality = assignment.endpoints.add()
-    # gRPC drops a locality that carries no weight.
+    # gRPC rejects an assignment whose locality is missing, and drops one without a weight.
+    locality.locality.SetInParent()
     locality.load_balancing_weight.value = 1
     for endpoint in endpoints:
         entry = locality.lb_endpoints.add()
