@@ -19,7 +19,7 @@ METHOD = "/echo.Echo/Who"
 def main() -> None:
     target = sys.argv[1]
     with grpc.insecure_channel(target) as channel:
-        who = channel.unary_unary(METHOD)
+        who = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         print(json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
             counts: Counter[str] = Counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -16,8 +16,8 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
-Request = discovery_pb2.DiscoveryRequest
-Response = discovery_pb2.DiscoveryResponse
+#: xds-protos ships no type stubs: its messages are Any to the type checker.
+Response: TypeAlias = Any
 
 
 class AdsClient:
@@ -37,7 +37,7 @@ class AdsClient:
         nonce: str = "",
         error: str | None = None,
     ) -> None:
-        request = Request(
+        request = discovery_pb2.DiscoveryRequest(
             type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
         )
         if self._first:
@@ -53,7 +53,7 @@ class AdsClient:
 
     async def read(self, within: float = 5.0) -> Response:
         message = await asyncio.wait_for(self.call.read(), within)
-        assert isinstance(message, Response), f"stream ended: {await self.call.code()}"
+        assert isinstance(message, discovery_pb2.DiscoveryResponse), f"stream ended: {await self.call.code()}"
         return message
 
     async def subscribe(self, type_url: str, names: list[str], within: float = 5.0) -> Response:

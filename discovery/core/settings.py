@@ -60,6 +60,8 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
+    xds_lb_policy: str = "round_robin"
+    xds_dns_refresh: float = 30.0
 
     @property
     def heartbeat_grace(self) -> float:
@@ -154,6 +156,17 @@ def _webhook_url(raw: str) -> str:
     return raw
 
 
+#: The load-balancing policies an xDS Cluster may name (XDS_LB_POLICY).
+LB_POLICIES = ("round_robin", "ring_hash", "least_request", "random")
+
+
+def _lb_policy(raw: str) -> str:
+    policy = raw.lower()
+    if policy not in LB_POLICIES:
+        raise ValueError("expected one of " + ", ".join(LB_POLICIES))
+    return policy
+
+
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number in 0..65535"
 
@@ -204,6 +217,8 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "tls_cert_file": ("SERVICE_DISCOVERY_TLS_CERT_FILE", _optional_text),
     "tls_key_file": ("SERVICE_DISCOVERY_TLS_KEY_FILE", _optional_text),
     "tls_client_ca_file": ("SERVICE_DISCOVERY_TLS_CLIENT_CA_FILE", _optional_text),
+    "xds_lb_policy": ("XDS_LB_POLICY", _lb_policy),
+    "xds_dns_refresh": ("XDS_DNS_REFRESH_SECONDS", _seconds),
 }
 
 _RULES: dict[str, Callable[[Any], str | None]] = {
@@ -225,6 +240,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "watch_max_backlog": _at_least_one,
     "watch_progress_interval": _progress,
     "shutdown_grace": _non_negative,
+    "xds_dns_refresh": _positive,
 }
 
 #: Field name -> environment variable, for the README and the CLI help.

@@ -34,10 +34,10 @@ def _as_bytes(message: bytes) -> bytes:
 class XdsService:
     """What every ADS stream of a server shares: the core, the encoded resources, the DNS cache."""
 
-    def __init__(self, core: DiscoveryCore, lb_policy: str = "round_robin") -> None:
+    def __init__(self, core: DiscoveryCore) -> None:
         self.core = core
-        self.cache = ResourceCache(lb_policy)
-        self.dns = DnsCache()
+        self.cache = ResourceCache(core.settings.xds_lb_policy)
+        self.dns = DnsCache(core.settings.xds_dns_refresh)
         core.on_shutdown(self.dns.close)
 
     async def stream(self, requests: Any, context: Context) -> None:

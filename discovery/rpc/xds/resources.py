@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -66,7 +66,8 @@ def weight(load_percentage: float) -> int:
 def _part(message: Message) -> bytes:
     packed = any_pb2.Any()
     packed.Pack(message)
-    return discovery_pb2.DiscoveryResponse(resources=[packed]).SerializeToString()
+    encoded: bytes = discovery_pb2.DiscoveryResponse(resources=[packed]).SerializeToString()
+    return encoded
 
 
 def listener(name: str) -> listener_pb2.Listener:
@@ -106,7 +107,7 @@ def cluster(name: str, lb_policy: str = "round_robin") -> cluster_pb2.Cluster:
                 resource_api_version=config_source_pb2.V3,
             ),
         ),
-        lb_policy=LB_POLICIES[lb_policy],  # type: ignore[arg-type]
+        lb_policy=LB_POLICIES[lb_policy],
         connect_timeout=duration_pb2.Duration(seconds=5),
     )
 
@@ -170,6 +171,6 @@ class ResourceCache:
 
 def header(version: str, type_url: str, nonce: str) -> bytes:
     """The non-resource fields of a DiscoveryResponse, to follow its resource parts."""
-    return discovery_pb2.DiscoveryResponse(
-        version_info=version, type_url=type_url, nonce=nonce
-    ).SerializeToString()
+    response = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
+    encoded: bytes = response.SerializeToString()
+    return encoded

@@ -30,6 +30,7 @@ from discovery.rpc.xds.resources import (
     CLUSTER,
     ENDPOINTS,
     LISTENER,
+    SERVED_TYPES,
     ResourceCache,
     header,
 )
@@ -111,15 +112,16 @@ class AdsStream:
 
     def _rewatch(self) -> None:
         """Watch the union of the names asked for (every service if any type asks for all)."""
-        wanted: set[str] | None = set()
+        wanted: set[str] = set()
+        everything = False
         for subscription in self.subscriptions.values():
-            if subscription.type_url not in (LISTENER, CLUSTER, ENDPOINTS):
+            if subscription.type_url not in SERVED_TYPES:
                 continue
             if subscription.names is None:
-                wanted = None
+                everything = True
                 break
             wanted.update(subscription.names)
-        watched = None if wanted is None else frozenset(wanted)
+        watched = None if everything else frozenset(wanted)
         if watched == self.watched:
             return
         old = self.watcher

@@ -82,8 +82,10 @@ class Subscription:
         names = request.resource_names
         if "*" in names:
             return None
-        if not names and self.type_url in WILDCARD_TYPES and (
-            self.requests == 0 or self.names is None
+        if (
+            not names
+            and self.type_url in WILDCARD_TYPES
+            and (self.requests == 0 or self.names is None)
         ):
             return None
         return frozenset(names)
