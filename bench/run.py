@@ -30,6 +30,7 @@ MODULES = [
     "rest_api",
     "grpc_heartbeat",
     "watch_fanout",
+    "xds_fanout",
     "memory",
     "register_burst",
     "probe_fleet",

@@ -1,0 +1,159 @@
+"""xDS fan-out: one health change to 100 ADS streams, beside the same change's Watch fan-out.
+
+Each repetition starts a fresh server on core 0 with service `bench` (three heartbeat-only
+instances, one of them `flip`) and a follower process on core 1 (`bench.xds_clients`: 100 ADS
+streams subscribed to the assignment of `bench`, acknowledging every response, or 100
+healthy-only Watch streams). A change is a health change of `flip`: it turns unhealthy when
+the KeepAlive stream holding it is cancelled (a break), and healthy again with a Heartbeat.
+Its time runs from just before the change is made until the last of the streams has the new
+healthy set (CLOCK_MONOTONIC, shared by the processes); the figure is the p99 over 20 changes
+(their worst). xDS and Watch repetitions alternate, so a slow spell of the machine hits both.
+
+    python -m bench.xds_fanout [--smoke]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from bench.common import CLIENT_CPU, GRPC_AUTH, BenchError, Process, discovery_server
+from bench.results import Row, Sample, Target, percentile, standalone
+from bench.xds_clients import FLIP, SERVICE
+from discovery.v1 import discovery_pb2 as pb
+from discovery.v1 import discovery_pb2_grpc as pb_grpc
+
+FIGURES = {
+    "xds_100_vs_watch": (
+        "one health change to 100 xDS streams, time to the last (p99 of 20) vs the same "
+        "change's Watch fan-out to 100 watchers",
+        Target("ratio_max", 1.5),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Size:
+    streams: int
+    changes: int
+    repeat: int
+
+
+FULL = Size(100, 20, 5)
+SMOKE = Size(10, 4, 1)
+
+
+class Flipper:
+    """Turns `flip` unhealthy (its KeepAlive stream breaks) and healthy (a Heartbeat)."""
+
+    def __init__(self, stub: pb_grpc.DiscoveryServiceStub) -> None:
+        self.stub = stub
+        self.healthy = True
+        self.keepalive: Any = None
+
+    async def register(self) -> None:
+        for instance in ("steady-1", "steady-2", FLIP):
+            request = pb.RegisterRequest(
+                service_name=SERVICE,
+                instance_id=instance,
+                host="127.0.0.1",
+                port=9000 + len(instance),
+                health_endpoint="",
+            )
+            await self.stub.Register(request, metadata=GRPC_AUTH)
+
+    async def prepare(self) -> None:
+        """Before an untimed moment: hold `flip` by a KeepAlive stream when it is to go down."""
+        if self.healthy:
+            call: Any = self.stub.KeepAlive(metadata=GRPC_AUTH)  # type: ignore[call-arg]
+            await call.write(pb.KeepAliveRequest(service_name=SERVICE, instance_id=FLIP))
+            if (await call.read()).code != 0:
+                raise BenchError("KeepAlive of flip refused")
+            self.keepalive = call
+
+    async def change(self) -> bool:
+        """Make the change; returns whether `flip` is now healthy."""
+        if self.healthy:
+            self.keepalive.cancel()
+        else:
+            request = pb.HeartbeatRequest(service_name=SERVICE, instance_id=FLIP)
+            await self.stub.Heartbeat(request, metadata=GRPC_AUTH)
+        self.healthy = not self.healthy
+        return self.healthy
+
+
+async def repetition(kind: str, size: Size) -> tuple[float, float, float]:
+    """p99 and p50 of the change times, and the server's CPU seconds per change."""
+    with discovery_server() as server:
+        target = f"127.0.0.1:{server.ports['gRPC']}"
+        async with grpc.aio.insecure_channel(target) as channel:
+            flipper = Flipper(pb_grpc.DiscoveryServiceStub(channel))
+            await flipper.register()
+            command = [sys.executable, "-m", "bench.xds_clients", "--target", target]
+            clients = Process(
+                [*command, "--kind", kind, "--streams", str(size.streams)], cpu=CLIENT_CPU
+            )
+            try:
+                if (line := await clients.aline(120)) != "ready":
+                    raise BenchError(f"{kind} clients: {line}")
+                await asyncio.sleep(0.5)
+                latencies = []
+                cpu = server.cpu_seconds()
+                for seq in range(size.changes):
+                    await flipper.prepare()
+                    await asyncio.sleep(0.05)
+                    sent = time.monotonic()
+                    healthy = await flipper.change()
+                    line = await clients.aline(60)
+                    done, state, last = line.split()
+                    if (done, state) != ("done", str(int(healthy))):
+                        raise BenchError(f"{kind} clients, change {seq}: {line}")
+                    latencies.append(float(last) - sent)
+                    await asyncio.sleep(0.05)
+                cpu_per_change = (server.cpu_seconds() - cpu) / size.changes
+            finally:
+                clients.stop()
+    return percentile(latencies, 99), percentile(latencies, 50), cpu_per_change
+
+
+def measure(smoke: bool) -> list[Row]:
+    size = SMOKE if smoke else FULL
+    runs: dict[str, list[tuple[float, float, float]]] = {"xds": [], "watch": []}
+    for _ in range(size.repeat):
+        for kind in runs:
+            runs[kind].append(asyncio.run(repetition(kind, size)))
+    title, target = FIGURES["xds_100_vs_watch"]
+    ms = 1000
+    row = Row(
+        "xds_100_vs_watch",
+        title,
+        target,
+        Sample([r[0] * ms for r in runs["xds"]], "ms"),
+        Sample([r[0] * ms for r in runs["watch"]], "ms"),
+        "Watch fan-out (healthy-only)",
+    )
+    row.notes.append(
+        f"{size.streams} streams ({size.changes} changes per repetition, alternately a KeepAlive "
+        "break and a Heartbeat of one heartbeat-only instance) in one Python process on core 1, "
+        "25 streams per connection; ADS streams acknowledge every response"
+    )
+    for kind, name in (("xds", "xDS"), ("watch", "Watch")):
+        p50 = statistics.median(r[1] for r in runs[kind]) * ms
+        cpu = statistics.median(r[2] for r in runs[kind]) * ms
+        row.notes.append(f"{name}: p50 {p50:.1f} ms; server CPU per change {cpu:.1f} ms")
+    return [row]
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    standalone(measure, __doc__, argv)
+
+
+if __name__ == "__main__":
+    cli()
