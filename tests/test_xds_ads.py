@@ -217,10 +217,37 @@ async def test_host_names_are_resolved(server: DiscoveryServer, ads: AdsClient) 
 
 async def test_shutdown_ends_streams(make_server: ServerFactory) -> None:
     async with make_server() as server, grpc.aio.insecure_channel(server.grpc_target) as channel:
-        ads = AdsClient(channel)
-        await ads.subscribe(CLUSTER, ["api"])
+        following = AdsClient(channel)
+        await following.subscribe(CLUSTER, ["api"])
+        idle = AdsClient(channel)  # follows no service at all
+        await idle.subscribe("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", [])
         stopping = asyncio.ensure_future(server.stop())
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await ads.read(within=5)
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        for ads in (following, idle):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await ads.read(within=5)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         await stopping
+
+
+async def test_a_slow_client_is_reset_and_catches_up(make_server: ServerFactory) -> None:
+    async with (
+        make_server(watch_max_backlog=5) as server,
+        grpc.aio.insecure_channel(server.grpc_target) as channel,
+    ):
+        await add(server, "api", "api-1", 9001)
+        ads = AdsClient(channel)
+        await ads.subscribe(ENDPOINTS, ["api"])
+        # The client reads nothing while the weight changes many times: once the transport's
+        # window is full the stream's watcher falls behind and is reset, never blocking the rest.
+        [watcher] = server.core.watch_hub.watchers()
+        for n in range(3000):
+            server.core.heartbeat("api", "api-1", 0.2 if n % 2 else 0.6)
+            await asyncio.sleep(0)  # the stream writes what it can
+            if watcher.resets >= 2:
+                break
+        assert watcher.resets >= 2, "the stream never fell behind"
+        server.core.heartbeat("api", "api-1", 0.5)
+        while True:  # it catches up with the last state
+            response = await ads.read()
+            if endpoint_weights(assignments(response)["api"]) == {"127.0.0.1:9001": 50}:
+                break

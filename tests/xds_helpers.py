@@ -53,7 +53,9 @@ class AdsClient:
 
     async def read(self, within: float = 5.0) -> Response:
         message = await asyncio.wait_for(self.call.read(), within)
-        assert isinstance(message, discovery_pb2.DiscoveryResponse), f"stream ended: {await self.call.code()}"
+        assert isinstance(message, discovery_pb2.DiscoveryResponse), (
+            f"stream ended: {await self.call.code()}"
+        )
         return message
 
     async def subscribe(self, type_url: str, names: list[str], within: float = 5.0) -> Response:

@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
 from discovery.core.facade import DiscoveryCore
 from discovery.rpc.xds.dns import DnsCache
 from discovery.rpc.xds.resources import ResourceCache
-from discovery.rpc.xds.stream import Context, stream_aggregated_resources
+from discovery.rpc.xds.stream import AdsStream, Context, stream_aggregated_resources
 
 SERVICE_NAME: str = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 
@@ -38,11 +38,18 @@ class XdsService:
         self.core = core
         self.cache = ResourceCache(core.settings.xds_lb_policy)
         self.dns = DnsCache(core.settings.xds_dns_refresh)
-        core.on_shutdown(self.dns.close)
+        self.streams: set[AdsStream] = set()
+        core.on_shutdown(self.shutdown)
 
     async def stream(self, requests: Any, context: Context) -> None:
         """StreamAggregatedResources; reads through `context`, not the request iterator."""
-        await stream_aggregated_resources(self.core, self.cache, self.dns, context)
+        await stream_aggregated_resources(self.core, self.cache, self.dns, context, self.streams)
+
+    def shutdown(self) -> None:
+        """End every stream (their clients get UNAVAILABLE and reconnect elsewhere)."""
+        self.dns.close()
+        for stream in list(self.streams):
+            stream.end()
 
 
 def add_xds_service(server: grpc.aio.Server, core: DiscoveryCore) -> XdsService:

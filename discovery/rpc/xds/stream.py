@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -63,7 +64,9 @@ class AdsStream:
         self.watcher: Watcher | None = None
         self.synced = True
         self.pump: asyncio.Task[None] | None = None
-        self.ended = asyncio.Event()  # the pump's watcher was ended (server shutdown)
+        #: Set when the stream is to end from the server's side: shutdown, or `failure`.
+        self.ended = asyncio.Event()
+        self.failure: BaseException | None = None
         self._lock = asyncio.Lock()
         self._watching = asyncio.Event()
         self._nonce = 0
@@ -78,6 +81,8 @@ class AdsStream:
             await asyncio.wait((reader, ended), return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 reader.result()  # a failed flush surfaces here
+            elif self.failure is not None:
+                raise self.failure
             else:
                 await self.context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
         finally:
@@ -88,12 +93,14 @@ class AdsStream:
             if self.watcher is not None:
                 self.watcher.close()
 
+    def end(self) -> None:
+        """End the stream from the server's side (shutdown): the client gets UNAVAILABLE."""
+        self.ended.set()
+
     async def _read(self) -> None:
         context = self.context
         while (request := await context.read()) is not _EOF:
             await self._on_request(request)
-            if self.pump is not None and self.pump.done():
-                self.pump.result()  # a failed flush surfaces here
 
     async def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         if request.HasField("node") and not self.node:
@@ -137,12 +144,23 @@ class AdsStream:
         try:
             self.watcher = self.core.watch(WatchSelector(watched or frozenset()))
         except DiscoveryError:
-            self.ended.set()  # shutting down
+            self.end()  # shutting down
             return
         self.synced = False
         self._watching.set()
         if self.pump is None:
-            self.pump = asyncio.ensure_future(self._pump())
+            self.pump = asyncio.ensure_future(self._guarded(self._pump()))
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """Run background work of the stream; a failure ends the stream with it."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("xDS stream from %s failed", self.peer)
+            self.failure = exc
+            self.ended.set()
 
     async def _pump(self) -> None:
         while True:
@@ -155,7 +173,7 @@ class AdsStream:
             batch = await watcher.next_batch()
             if batch is None:
                 if watcher is self.watcher:
-                    self.ended.set()
+                    self.end()
                     return
                 continue  # replaced by a watcher on other names
             if batch.is_progress:
@@ -168,7 +186,7 @@ class AdsStream:
 
     def _on_dns(self) -> None:
         if self._dns_flush is None or self._dns_flush.done():
-            self._dns_flush = asyncio.ensure_future(self.flush())
+            self._dns_flush = asyncio.ensure_future(self._guarded(self.flush()))
 
     async def flush(self) -> None:
         """Send every type whose resources changed, or whose client awaits an answer."""
@@ -213,11 +231,21 @@ class AdsStream:
 
 
 async def stream_aggregated_resources(
-    core: DiscoveryCore, cache: ResourceCache, dns: DnsCache, context: Context
+    core: DiscoveryCore,
+    cache: ResourceCache,
+    dns: DnsCache,
+    context: Context,
+    streams: set[AdsStream],
 ) -> None:
-    """Serve one ADS stream; refused with UNAVAILABLE once shutdown has begun."""
+    """Serve one ADS stream, kept in `streams` while it runs (so shutdown can end it);
+    refused with UNAVAILABLE once shutdown has begun."""
     try:
         core.check_serving()
     except DiscoveryError:
         await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
-    await AdsStream(core, cache, dns, context).run()
+    stream = AdsStream(core, cache, dns, context)
+    streams.add(stream)
+    try:
+        await stream.run()
+    finally:
+        streams.discard(stream)
