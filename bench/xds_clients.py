@@ -57,7 +57,8 @@ class Tally:
 
 
 async def follow_xds(channel: grpc.aio.Channel, tally: Tally) -> None:
-    call: Any = channel.stream_stream(ADS)()
+    method: Any = channel.stream_stream(ADS, request_serializer=None, response_deserializer=None)
+    call = method()
     request = xds_pb.DiscoveryRequest(type_url=ENDPOINTS, resource_names=[SERVICE])
     request.node.id = f"bench-{os.getpid()}"
     await call.write(request.SerializeToString())
@@ -78,7 +79,8 @@ async def follow_xds(channel: grpc.aio.Channel, tally: Tally) -> None:
 
 async def follow_watch(channel: grpc.aio.Channel, tally: Tally) -> None:
     request = pb.WatchRequest(service_names=[SERVICE], healthy_only=True)
-    call: Any = channel.unary_stream(WATCH)(request.SerializeToString())
+    method: Any = channel.unary_stream(WATCH, request_serializer=None, response_deserializer=None)
+    call = method(request.SerializeToString())
     state: bool | None = None
     present: set[str] = set()
     async for message in call:

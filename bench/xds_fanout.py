@@ -54,7 +54,7 @@ class Flipper:
     """Turns `flip` unhealthy (its KeepAlive stream breaks) and healthy (a Heartbeat)."""
 
     def __init__(self, stub: pb_grpc.DiscoveryServiceStub) -> None:
-        self.stub = stub
+        self.stub: Any = stub  # grpc-stubs types the calls as synchronous
         self.healthy = True
         self.keepalive: Any = None
 
@@ -72,7 +72,7 @@ class Flipper:
     async def prepare(self) -> None:
         """Before an untimed moment: hold `flip` by a KeepAlive stream when it is to go down."""
         if self.healthy:
-            call: Any = self.stub.KeepAlive(metadata=GRPC_AUTH)  # type: ignore[call-arg]
+            call = self.stub.KeepAlive(metadata=GRPC_AUTH)
             await call.write(pb.KeepAliveRequest(service_name=SERVICE, instance_id=FLIP))
             if (await call.read()).code != 0:
                 raise BenchError("KeepAlive of flip refused")
@@ -89,8 +89,17 @@ class Flipper:
         return self.healthy
 
 
-async def repetition(kind: str, size: Size) -> tuple[float, float, float]:
-    """p99 and p50 of the change times, and the server's CPU seconds per change."""
+@dataclass(frozen=True)
+class Run:
+    """One repetition: p99 and p50 of the change times, CPU seconds per change of each side."""
+
+    p99: float
+    p50: float
+    server_cpu: float
+    client_cpu: float
+
+
+async def repetition(kind: str, size: Size) -> Run:
     with discovery_server() as server:
         target = f"127.0.0.1:{server.ports['gRPC']}"
         async with grpc.aio.insecure_channel(target) as channel:
@@ -105,7 +114,7 @@ async def repetition(kind: str, size: Size) -> tuple[float, float, float]:
                     raise BenchError(f"{kind} clients: {line}")
                 await asyncio.sleep(0.5)
                 latencies = []
-                cpu = server.cpu_seconds()
+                cpu, client_cpu = server.cpu_seconds(), clients.cpu_seconds()
                 for seq in range(size.changes):
                     await flipper.prepare()
                     await asyncio.sleep(0.05)
@@ -117,15 +126,16 @@ async def repetition(kind: str, size: Size) -> tuple[float, float, float]:
                         raise BenchError(f"{kind} clients, change {seq}: {line}")
                     latencies.append(float(last) - sent)
                     await asyncio.sleep(0.05)
-                cpu_per_change = (server.cpu_seconds() - cpu) / size.changes
+                server_cpu = (server.cpu_seconds() - cpu) / size.changes
+                client_cpu = (clients.cpu_seconds() - client_cpu) / size.changes
             finally:
                 clients.stop()
-    return percentile(latencies, 99), percentile(latencies, 50), cpu_per_change
+    return Run(percentile(latencies, 99), percentile(latencies, 50), server_cpu, client_cpu)
 
 
 def measure(smoke: bool) -> list[Row]:
     size = SMOKE if smoke else FULL
-    runs: dict[str, list[tuple[float, float, float]]] = {"xds": [], "watch": []}
+    runs: dict[str, list[Run]] = {"xds": [], "watch": []}
     for _ in range(size.repeat):
         for kind in runs:
             runs[kind].append(asyncio.run(repetition(kind, size)))
@@ -135,8 +145,8 @@ def measure(smoke: bool) -> list[Row]:
         "xds_100_vs_watch",
         title,
         target,
-        Sample([r[0] * ms for r in runs["xds"]], "ms"),
-        Sample([r[0] * ms for r in runs["watch"]], "ms"),
+        Sample([r.p99 * ms for r in runs["xds"]], "ms"),
+        Sample([r.p99 * ms for r in runs["watch"]], "ms"),
         "Watch fan-out (healthy-only)",
     )
     row.notes.append(
@@ -145,9 +155,18 @@ def measure(smoke: bool) -> list[Row]:
         "25 streams per connection; ADS streams acknowledge every response"
     )
     for kind, name in (("xds", "xDS"), ("watch", "Watch")):
-        p50 = statistics.median(r[1] for r in runs[kind]) * ms
-        cpu = statistics.median(r[2] for r in runs[kind]) * ms
-        row.notes.append(f"{name}: p50 {p50:.1f} ms; server CPU per change {cpu:.1f} ms")
+        p50 = statistics.median(r.p50 for r in runs[kind])
+        server = statistics.median(r.server_cpu for r in runs[kind])
+        client = statistics.median(r.client_cpu for r in runs[kind])
+        note = (
+            f"{name}: p50 {p50 * ms:.1f} ms; per change the server used {server * ms:.1f} ms "
+            f"of CPU, the follower process {client * ms:.1f} ms"
+        )
+        # CPU time comes in 10 ms clock ticks: too few changes cannot tell.
+        if client > 0.8 * p50 and client * size.changes >= 0.05:
+            note += " -- LOAD GENERATOR BOUND (the followers were busy for most of each change)"
+            row.load_bound = True
+        row.notes.append(note)
     return [row]
 
 
