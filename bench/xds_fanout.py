@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from envoy.service.discovery.v3 import discovery_pb2 as xds_pb
 
-from bench.common import CLIENT_CPU, GRPC_AUTH, BenchError, Process, discovery_server
+from bench.common import CLIENT_CPU, GRPC_AUTH, ROOT, BenchError, Process, discovery_server
 from bench.results import Row, Sample, Target, percentile, standalone
-from bench.xds_clients import FLIP, SERVICE
+from bench.tools import node_or_python
+from bench.xds_clients import ENDPOINTS, FLIP, SERVICE
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 
@@ -99,16 +101,35 @@ class Run:
     client_cpu: float
 
 
+def followers(kind: str, target: str, streams: int) -> Process:
+    """The follower process: Node (its own HTTP/2 client) when it can be had, else Python."""
+    common = ["--target", target, "--kind", kind, "--streams", str(streams)]
+    if node_or_python()[0] == "python":
+        return Process([sys.executable, "-m", "bench.xds_clients", *common], cpu=CLIENT_CPU)
+    if kind == "xds":
+        request = xds_pb.DiscoveryRequest(type_url=ENDPOINTS, resource_names=[SERVICE])
+        ack = request.SerializeToString().hex()
+        request.node.id = "bench"
+        extra = ["--request", request.SerializeToString().hex(), "--ack", ack]
+    else:
+        watch = pb.WatchRequest(service_names=[SERVICE], healthy_only=True)
+        extra = ["--request", watch.SerializeToString().hex()]
+    script = str(ROOT / "bench" / "xds_clients.cjs")
+    return Process(["node", script, *common, *extra], cpu=CLIENT_CPU)
+
+
+def _client() -> str:
+    client, why = node_or_python()
+    return "Node (bench/xds_clients.cjs)" if client == "node" else f"Python (no Node: {why})"
+
+
 async def repetition(kind: str, size: Size) -> Run:
     with discovery_server() as server:
         target = f"127.0.0.1:{server.ports['gRPC']}"
         async with grpc.aio.insecure_channel(target) as channel:
             flipper = Flipper(pb_grpc.DiscoveryServiceStub(channel))
             await flipper.register()
-            command = [sys.executable, "-m", "bench.xds_clients", "--target", target]
-            clients = Process(
-                [*command, "--kind", kind, "--streams", str(size.streams)], cpu=CLIENT_CPU
-            )
+            clients = followers(kind, target, size.streams)
             try:
                 if (line := await clients.aline(120)) != "ready":
                     raise BenchError(f"{kind} clients: {line}")
@@ -151,8 +172,8 @@ def measure(smoke: bool) -> list[Row]:
     )
     row.notes.append(
         f"{size.streams} streams ({size.changes} changes per repetition, alternately a KeepAlive "
-        "break and a Heartbeat of one heartbeat-only instance) in one Python process on core 1, "
-        "25 streams per connection; ADS streams acknowledge every response"
+        f"break and a Heartbeat of one heartbeat-only instance) in one {_client()} process on "
+        "core 1, 25 streams per connection; ADS streams acknowledge every response"
     )
     for kind, name in (("xds", "xDS"), ("watch", "Watch")):
         p50 = statistics.median(r.p50 for r in runs[kind])
