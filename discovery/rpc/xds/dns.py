@@ -40,6 +40,8 @@ class DnsCache:
         self._resolving: set[str] = set()
         self._listeners: set[Callable[[], None]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        #: Moves whenever a name gets a new address (what was built from addresses is stale).
+        self.generation = 0
 
     def address(self, host: str) -> str | None:
         """The address to publish for `host`, or None while it is not resolved (yet)."""
@@ -93,6 +95,7 @@ class DnsCache:
         self._failing.discard(host)
         if self._addresses.get(host) != address:
             self._addresses[host] = address
+            self.generation += 1
             for listener in list(self._listeners):
                 listener()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from discovery.core.model import EventType, Instance
 from discovery.core.watch.events import WatchBatch
 from discovery.rpc.xds.dns import DnsCache
-from discovery.rpc.xds.resources import Endpoint, weight
+from discovery.rpc.xds.resources import Endpoint, ResourceCache, weight
 
 
 class Mirror:
@@ -37,6 +37,17 @@ class Mirror:
     def exists(self, name: str) -> bool:
         """The service has at least one instance, healthy or not."""
         return name in self.services
+
+    def assignment(self, name: str, dns: DnsCache, cache: ResourceCache) -> bytes:
+        """The encoded ClusterLoadAssignment of `name` (a service that exists).
+
+        Built once per state for all streams: the instances are the snapshots the watch hub
+        shares between streams, so the same objects (by identity) mean the same assignment,
+        as long as no host name got a new address meanwhile.
+        """
+        instances = self.services[name]
+        state = (name, dns.generation, *instances.values())
+        return cache.shared(state, lambda: cache.load_assignment(name, self.endpoints(name, dns)))
 
     def endpoints(self, name: str, dns: DnsCache) -> tuple[Endpoint, ...]:
         """The healthy instances of `name` whose address is known, ordered by instance id."""

@@ -211,10 +211,7 @@ class AdsStream:
         if type_url == CLUSTER:
             return {name: cache.cluster(name) for name in present}
         if type_url == ENDPOINTS:
-            return {
-                name: cache.load_assignment(name, mirror.endpoints(name, self.dns))
-                for name in present
-            }
+            return {name: mirror.assignment(name, self.dns, cache) for name in present}
         return {}  # a type this server has no resources of (RDS: routes are inline)
 
     async def _send(self, subscription: Subscription, resources: dict[str, bytes]) -> None:
