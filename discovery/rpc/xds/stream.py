@@ -63,7 +63,6 @@ class AdsStream:
         self.watched: frozenset[str] | None = frozenset()
         self.watcher: Watcher | None = None
         self.synced = True
-        self.pump: asyncio.Task[None] | None = None
         #: Set when the stream is to end from the server's side: shutdown, or `failure`.
         self.ended = asyncio.Event()
         self.failure: BaseException | None = None
@@ -73,21 +72,25 @@ class AdsStream:
         self._dns_flush: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Serve the stream until the client closes it or the server shuts down."""
+        """Serve the stream until the client closes it or the server shuts down.
+
+        The handler's own task runs the pump (it does the writes of every change); a task of
+        the stream reads the client's requests.
+        """
         self.dns.subscribe(self._on_dns)
         reader = asyncio.ensure_future(self._read())
-        ended = asyncio.ensure_future(self.ended.wait())
+        reader.add_done_callback(self._on_reader_done)
         try:
-            await asyncio.wait((reader, ended), return_when=asyncio.FIRST_COMPLETED)
+            await self._pump()
             if reader.done():
-                reader.result()  # a failed flush surfaces here
+                reader.result()  # the client closed its side, or a flush failed
             elif self.failure is not None:
                 raise self.failure
             else:
                 await self.context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
         finally:
             self.dns.unsubscribe(self._on_dns)
-            for task in (reader, ended, self.pump, self._dns_flush):
+            for task in (reader, self._dns_flush):
                 if task is not None:
                     task.cancel()
             if self.watcher is not None:
@@ -96,6 +99,12 @@ class AdsStream:
     def end(self) -> None:
         """End the stream from the server's side (shutdown): the client gets UNAVAILABLE."""
         self.ended.set()
+        self._watching.set()  # wakes the pump if it waits for a watcher
+        if self.watcher is not None:
+            self.watcher.end()  # wakes the pump if it waits for a change
+
+    def _on_reader_done(self, reader: asyncio.Future[None]) -> None:
+        self.end()
 
     async def _read(self) -> None:
         context = self.context
@@ -148,8 +157,6 @@ class AdsStream:
             return
         self.synced = False
         self._watching.set()
-        if self.pump is None:
-            self.pump = asyncio.ensure_future(self._guarded(self._pump()))
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         """Run background work of the stream; a failure ends the stream with it."""
@@ -160,10 +167,11 @@ class AdsStream:
         except Exception as exc:
             log.exception("xDS stream from %s failed", self.peer)
             self.failure = exc
-            self.ended.set()
+            self.end()
 
     async def _pump(self) -> None:
-        while True:
+        """Take in the watcher's messages and send what they change, until the stream ends."""
+        while not self.ended.is_set():
             watcher = self.watcher
             if watcher is None:
                 # Nothing watched right now: wait for the reader to open a watcher.
@@ -173,9 +181,8 @@ class AdsStream:
             batch = await watcher.next_batch()
             if batch is None:
                 if watcher is self.watcher:
-                    self.end()
-                    return
-                continue  # replaced by a watcher on other names
+                    self.end()  # the hub is closing (shutdown)
+                continue  # else replaced by a watcher on other names
             if batch.is_progress:
                 continue
             self.mirror.apply(batch)
