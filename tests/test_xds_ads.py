@@ -215,6 +215,18 @@ async def test_host_names_are_resolved(server: DiscoveryServer, ads: AdsClient) 
     assert address in ("127.0.0.1:9001", "::1:9001")
 
 
+async def test_unresolvable_hosts_are_left_out_with_a_warning(
+    server: DiscoveryServer, ads: AdsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "discovery.xds")
+    await add(server, "api", "api-1", 9001)
+    await server.core.register(Registration("api", "api-2", "no-such-host.invalid", 9002, None))
+    response = await ads.subscribe(ENDPOINTS, ["api"])
+    assert endpoint_weights(assignments(response)["api"]) == {"127.0.0.1:9001": 100}
+    await eventually(lambda: "no-such-host.invalid" in caplog.text, within=30)
+    assert "left out" in caplog.text
+
+
 async def test_shutdown_ends_streams(make_server: ServerFactory) -> None:
     async with make_server() as server, grpc.aio.insecure_channel(server.grpc_target) as channel:
         following = AdsClient(channel)
