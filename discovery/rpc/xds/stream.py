@@ -1,12 +1,13 @@
 """One ADS stream (StreamAggregatedResources, state of the world).
 
-Three parts: the handler reads the client's requests (`_on_request`); a pump task takes the
-messages of a watcher on the services the stream asks for into a `Mirror`; both then `flush`,
-which sends, per type, the resources that changed since the last response (under a lock, so
-responses leave one at a time and in order).
+Two parts: a reader task takes the client's requests (`_on_request`); the handler's own task
+(`_pump`) takes the messages of a watcher on the services the stream asks for into a `Mirror`.
+Both then `flush`, which sends, per type, the resources that changed since the last response
+(under a lock, so responses leave one at a time and in order).
 
-A slow client holds up only its own pump: its watcher's queue fills, drops its backlog past the
-hub's limit and owes a reset snapshot, from which the mirror is rebuilt. Names asked for later
+A slow client holds up only its own stream: while a write waits, its watcher's queue fills,
+drops its backlog past the hub's limit (`WATCH_MAX_BACKLOG`) and owes a reset snapshot, from
+which the mirror is rebuilt. Names asked for later
 reopen the watcher on the new set; nothing is answered until its snapshot has been taken in, so
 an answer never calls a service absent that merely was not watched yet.
 """
@@ -185,6 +186,8 @@ class AdsStream:
                 continue  # else replaced by a watcher on other names
             if batch.is_progress:
                 continue
+            if batch.reset and not batch.synced:
+                self.synced = False  # a snapshot in several messages: answer after the last
             self.mirror.apply(batch)
             self.revision = max(self.revision, batch.revision)
             if batch.synced:
