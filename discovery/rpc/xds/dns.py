@@ -14,7 +14,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("discovery.xds")
 
@@ -28,11 +28,20 @@ def ip_literal(host: str) -> str | None:
         return None
 
 
+async def _first_address(host: str) -> str:
+    """The first address the system resolver gives for `host` (off the event loop's thread)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return str(infos[0][4][0])
+
+
 class DnsCache:
     """Addresses of host names, resolved off the request path. Used from one event loop."""
 
-    def __init__(self, refresh: float = 30.0) -> None:
+    def __init__(
+        self, refresh: float = 30.0, resolve: Callable[[str], Awaitable[str]] | None = None
+    ) -> None:
         self.refresh = refresh
+        self._resolver = resolve or _first_address
         self._addresses: dict[str, str] = {}
         self._failing: set[str] = set()
         self._used: set[str] = set()  # looked up since the last refresh
@@ -79,10 +88,7 @@ class DnsCache:
 
     async def _resolve(self, host: str) -> None:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, None, type=socket.SOCK_STREAM
-            )
-            address = str(infos[0][4][0])
+            address = await self._resolver(host)
         except (OSError, IndexError) as exc:
             if host not in self._failing:
                 self._failing.add(host)
@@ -107,6 +113,7 @@ class DnsCache:
             for host in list(self._addresses):
                 if host not in used:
                     del self._addresses[host]
+            self._failing &= used
             for host in used:
                 if host not in self._resolving:
                     with contextlib.suppress(RuntimeError):
