@@ -275,3 +275,32 @@ def test_hand_encoded_header_matches_protobuf(version: str) -> None:
         version_info=version, type_url=ENDPOINTS, nonce="12345"
     ).SerializeToString()
     assert header(version, ENDPOINTS, "12345") == expected
+
+
+async def test_a_stale_nonce_is_ignored(server: DiscoveryServer, ads: AdsClient) -> None:
+    await add(server, "a", "a-1", 9001)
+    await add(server, "b", "b-1", 9002)
+    first = await ads.subscribe(CLUSTER, ["a"])
+    second = await ads.subscribe(CLUSTER, ["a", "b"])
+    # A request answering the first response again, asking for other names, is stale.
+    await ads.request(CLUSTER, ["b"], first.version_info, first.nonce)
+    await ads.request(CLUSTER, ["a"], second.version_info, second.nonce)  # the current one
+    response = await ads.read()
+    assert set(clusters(response)) == {"a"}
+
+
+async def test_types_without_resources_are_answered_empty(ads: AdsClient) -> None:
+    route = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+    response = await ads.subscribe(route, ["anything"])
+    assert list(response.resources) == []
+
+
+async def test_reflection_lists_the_ads_service(server: DiscoveryServer) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = [reply async for reply in stub.ServerReflectionInfo(iter([request]))]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert "envoy.service.discovery.v3.AggregatedDiscoveryService" in names
