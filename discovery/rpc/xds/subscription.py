@@ -42,10 +42,10 @@ class Subscription:
         self.owed = False
         #: The resources (name -> encoded part) of the last response; None before it.
         self.sent: dict[str, bytes] | None = None
-        self.version = ""
-        self.nonce = ""
-        self.acked = ""
-        self.rejected = ""
+        self.version = ""  # of the last response
+        self.nonce = ""  # of the last response: requests with another one are stale
+        self.acked = ""  # the last version the client accepted
+        self.rejected = ""  # the last version the client rejected (never sent again)
         self.requests = 0
 
     def update(self, request: discovery_pb2.DiscoveryRequest, peer: str) -> Verdict:
@@ -74,9 +74,6 @@ class Subscription:
             self.owed = True
         self.requests += 1
         return verdict
-
-    def wants(self, name: str) -> bool:
-        return self.names is None or name in self.names
 
     def _names(self, request: discovery_pb2.DiscoveryRequest) -> frozenset[str] | None:
         names = request.resource_names
