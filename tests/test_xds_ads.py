@@ -265,18 +265,6 @@ async def test_a_slow_client_is_reset_and_catches_up(make_server: ServerFactory)
                 break
 
 
-@pytest.mark.parametrize("version", ["1", "1796083541473308.2", "v" * 300])
-def test_hand_encoded_header_matches_protobuf(version: str) -> None:
-    from envoy.service.discovery.v3 import discovery_pb2
-
-    from discovery.rpc.xds.resources import header
-
-    expected = discovery_pb2.DiscoveryResponse(
-        version_info=version, type_url=ENDPOINTS, nonce="12345"
-    ).SerializeToString()
-    assert header(version, ENDPOINTS, "12345") == expected
-
-
 async def test_a_stale_nonce_is_ignored(server: DiscoveryServer, ads: AdsClient) -> None:
     await add(server, "a", "a-1", 9001)
     await add(server, "b", "b-1", 9002)
