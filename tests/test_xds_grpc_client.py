@@ -130,9 +130,12 @@ async def reached(client: Client, expected: set[str], within: float) -> float:
         raise AssertionError(f"calls reached {last} instead of {expected}") from None
 
 
-async def test_grpc_xds_client_follows_the_healthy_set(backends: list[Backend]) -> None:
+@pytest.mark.parametrize("policy", ["round_robin", "ring_hash"])
+async def test_grpc_xds_client_follows_the_healthy_set(
+    backends: list[Backend], policy: str
+) -> None:
     async with (
-        await ServerProcess.start() as process,
+        await ServerProcess.start(env={"XDS_LB_POLICY": policy}) as process,
         grpc.aio.insecure_channel(process.grpc_target) as channel,
     ):
         stub = pb_grpc.DiscoveryServiceStub(channel)
@@ -149,6 +152,8 @@ async def test_grpc_xds_client_follows_the_healthy_set(backends: list[Backend]) 
         try:
             everyone = {"b1", "b2", "b3"}
             await reached(client, everyone, within=30)
+            if policy == "ring_hash":
+                await weights_steer_calls(stub, client)
 
             keepalive.cancel()
             await eventually(lambda: _status(stub, "b2", pb.HEALTH_STATUS_UNHEALTHY), 5)
@@ -167,6 +172,21 @@ async def test_grpc_xds_client_follows_the_healthy_set(backends: list[Backend]) 
         finally:
             await client.stop()
         assert await process.stop() == 0
+
+
+async def weights_steer_calls(stub: pb_grpc.DiscoveryServiceStub, client: Client) -> None:
+    """ring_hash follows the endpoint weights: b1 at load 0.99 (weight 1, the others 100) gets
+    about 0.5% of the calls (rings are random per call here: no hash policy)."""
+    load = pb.HeartbeatRequest(service_name=SERVICE, instance_id="b1", load_percentage=0.99)
+    await stub.Heartbeat(load)
+
+    async def rarely_b1() -> bool:
+        counts = await client.calls(300)
+        return counts.get("b1", 0) < 30 and counts.get("b2", 0) > 90
+
+    await eventually(rarely_b1, within=10, every=0.05)
+    load.load_percentage = 0.0
+    await stub.Heartbeat(load)
 
 
 async def _status(stub: pb_grpc.DiscoveryServiceStub, instance: str, status: int) -> bool:
