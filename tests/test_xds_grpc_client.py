@@ -18,6 +18,7 @@ import pytest
 from discovery.testing import ServerProcess, eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
+from tests.certs import make_certificates
 
 SERVICE = "echo"
 CLIENT = Path(__file__).with_name("xds_grpc_client.py")
@@ -61,12 +62,12 @@ class Client:
         self.proc = proc
 
     @classmethod
-    async def start(cls, grpc_port: int) -> Client:
+    async def start(cls, grpc_port: int, creds: dict[str, Any] | None = None) -> Client:
         bootstrap = {
             "xds_servers": [
                 {
                     "server_uri": f"127.0.0.1:{grpc_port}",
-                    "channel_creds": [{"type": "insecure"}],
+                    "channel_creds": [creds or {"type": "insecure"}],
                     "server_features": ["xds_v3"],
                 }
             ],
@@ -172,6 +173,41 @@ async def test_grpc_xds_client_follows_the_healthy_set(
         finally:
             await client.stop()
         assert await process.stop() == 0
+
+
+async def test_grpc_xds_client_over_mutual_tls(backends: list[Backend], tmp_path: Path) -> None:
+    """With TLS on the server, the bootstrap's `tls` channel credentials reach it."""
+    certs = make_certificates(tmp_path)
+    env = {
+        "SERVICE_DISCOVERY_TLS_CERT_FILE": str(certs.server.cert),
+        "SERVICE_DISCOVERY_TLS_KEY_FILE": str(certs.server.key),
+        "SERVICE_DISCOVERY_TLS_CLIENT_CA_FILE": str(certs.ca),
+    }
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=certs.ca.read_bytes(),
+        private_key=certs.client.key.read_bytes(),
+        certificate_chain=certs.client.cert.read_bytes(),
+    )
+    async with (
+        await ServerProcess.start(env=env) as process,
+        grpc.aio.secure_channel(process.grpc_target, credentials) as channel,
+    ):
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        for backend in backends:
+            await stub.Register(backend.registration())
+        tls = {
+            "type": "tls",
+            "config": {
+                "ca_certificate_file": str(certs.ca),
+                "certificate_file": str(certs.client.cert),
+                "private_key_file": str(certs.client.key),
+            },
+        }
+        client = await Client.start(process.grpc_port, tls)
+        try:
+            await reached(client, {"b1", "b2", "b3"}, within=30)
+        finally:
+            await client.stop()
 
 
 async def weights_steer_calls(stub: pb_grpc.DiscoveryServiceStub, client: Client) -> None:
