@@ -29,8 +29,8 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     app.include_router(build_ui_router())
     errors.install(app)
     # Starlette runs the last added outermost: the guard first, then the hot paths.
-    app.add_middleware(HotPaths, core=core)
-    app.add_middleware(WriteGuard, auth=core.auth)
+    app.add_middleware(HotPaths, core=core, routes=app.routes)
+    app.add_middleware(WriteGuard, auth=core.auth, routes=app.routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

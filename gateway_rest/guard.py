@@ -1,38 +1,38 @@
 """The ASGI guard in front of the routes: body size first, then credentials for writes.
 
 It runs before FastAPI reads a body, so a write without valid credentials gets 401 whatever its
-body (malformed JSON included), and only an oversized body may get 413 before that.
+body (malformed JSON included), and only an oversized body may get 413 before that. The writes are
+the routes declared with `openapi_extra=routing.WRITE` (see `gateway_rest.routing`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from discovery.core.auth import Authenticator
 from discovery.core.errors import AuthError
+from gateway_rest.routing import RouteTable
 
 MAX_BODY_BYTES = 64 * 1024
-
-_WRITE_POSTS = frozenset({"/v1/discovery/register", "/v1/discovery/heartbeat"})
-_UNREGISTER = "/v1/discovery/unregister/"
-
-
-def is_write(method: str, path: str) -> bool:
-    """The routes that change the registry and so need the secret."""
-    if method == "POST":
-        return path in _WRITE_POSTS
-    return method == "DELETE" and path.startswith(_UNREGISTER)
 
 
 class WriteGuard:
     """413 for bodies over `max_body` bytes; 401 for writes without valid credentials."""
 
-    def __init__(self, app: ASGIApp, auth: Authenticator, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        auth: Authenticator,
+        routes: Sequence[BaseRoute],
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
         self.app = app
         self.auth = auth
+        self.routes = RouteTable(routes)
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -43,7 +43,7 @@ class WriteGuard:
         if length is not None and length > self.max_body:
             await _reply(send, 413, {"detail": "Request body too large"})
             return
-        if not is_write(scope["method"], scope["path"]):
+        if not self.routes.is_write(scope):
             await self.app(scope, receive, send)
             return
         try:

@@ -1,153 +1,139 @@
 """The busiest requests answered without the framework's per-request machinery.
 
 Heartbeats and discovery reads make up nearly all of a discovery server's traffic. This ASGI
-layer, inside the write guard (so size and credentials are already checked), answers them
-straight from the core:
+layer, inside the write guard (so size and credentials are already checked), finds the route a
+request goes to in the app's own route table and, for four of them, calls the route's endpoint
+itself, skipping dependency injection and response validation:
 
-- `POST /v1/discovery/heartbeat` when the body is a JSON object that the route's own pydantic
-  model accepts and the instance exists;
-- `GET /v1/discovery/services`, `/services/{name}` and `/services/{name}/healthy`, from bodies
-  encoded once by the routes' own response models and cached until the registry's version for
+- the heartbeat route, when the body is declared `application/json` (the common spellings only;
+  any other content type goes to FastAPI, which decides) and the route's own pydantic model
+  accepts it;
+- the three discovery reads, whose encoded answers are cached until the registry's version for
   them moves.
 
 Everything else, every error included, goes on to the FastAPI routes, which stay the one
-definition of the API (OpenAPI, validation errors, status codes). A hot answer is byte for byte
-the answer the route would give: the same models serialize it.
+definition of the API (paths, OpenAPI, validation errors, status codes).
+`tests/test_rest_hot.py` checks, over generated requests, that both answer byte for byte alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from discovery.core.errors import DiscoveryError
 from discovery.core.facade import DiscoveryCore
+from gateway_rest import routers
 from gateway_rest.guard import read_body, replay
-from gateway_rest.schemas import (
-    HealthyResponse,
-    HeartbeatRequest,
-    InstanceRecord,
-    Outcome,
-    ServiceResponse,
-    ServicesResponse,
-)
+from gateway_rest.routing import RouteTable
+from gateway_rest.schemas import HeartbeatRequest
 
-_SERVICES = "/v1/discovery/services"
-_HEARTBEAT = "/v1/discovery/heartbeat"
-_HEARTBEAT_OK = Outcome(success=True, message="Heartbeat updated successfully")
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-#: Encoded answers kept (per kind); past this the oldest are dropped.
+#: Encoded answers kept (per route); past this the oldest are dropped.
 CACHE_SIZE = 4096
+#: Content types answered here; FastAPI parses these as JSON like every `application/*+json`.
+JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
+
+Version = Callable[[DiscoveryCore, dict[str, Any]], int]
+
+
+def _whole(core: DiscoveryCore, params: dict[str, Any]) -> int:
+    return core.version
+
+
+def _service(core: DiscoveryCore, params: dict[str, Any]) -> int:
+    return core.service_version(params["service_name"])
+
+
+#: The cached reads: each route's endpoint and the version its answer depends on.
+_READS: dict[Callable[..., Any], Version] = {
+    routers.list_services: _whole,
+    routers.get_service: _service,
+    routers.healthy_instances: _service,
+}
 
 
 class HotPaths:
-    """Answers heartbeats and discovery reads from the core; passes everything else on."""
+    """Answers heartbeats and discovery reads through their endpoints; passes the rest on."""
 
-    def __init__(self, app: ASGIApp, core: DiscoveryCore) -> None:
+    def __init__(self, app: ASGIApp, core: DiscoveryCore, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.core = core
-        self._ok = _HEARTBEAT_OK.__pydantic_serializer__.to_json(_HEARTBEAT_OK)
-        self._cache: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.routes = RouteTable(routes)
+        self._cache: dict[tuple[Any, ...], tuple[int, bytes]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            method, path = scope["method"], scope["path"]
-            if method == "GET" and path.startswith(_SERVICES):
-                body = self._read(path)
+        if scope["type"] == "http" and (found := self.routes.find(scope)) is not None:
+            route, params = found
+            endpoint = route.endpoint
+            if endpoint is routers.heartbeat:
+                await self._heartbeat(scope, receive, send)
+                return
+            version = None if endpoint is None else _READS.get(endpoint)
+            if endpoint is not None and version is not None:
+                body = await self._read(endpoint, version, params)
                 if body is not None:
                     await _reply(send, body)
                     return
-            elif method == "POST" and path == _HEARTBEAT:
-                await self._heartbeat(scope, receive, send)
-                return
         await self.app(scope, receive, send)
 
-    # -- heartbeats -------------------------------------------------------------------------
-
     async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await read_body(receive, limit=None)
-        if _is_json(scope) and self._beat(body):
-            await _reply(send, self._ok)
+        body = await read_body(receive, limit=None) or b""
+        answer = await self._beat(body) if _is_json(scope) else None
+        if answer is None:
+            await self.app(scope, replay(body, receive), send)
+        elif isinstance(answer, Response):
+            await answer(scope, receive, send)
         else:
-            await self.app(scope, replay(body or b"", receive), send)
+            await _reply(send, answer)
 
-    def _beat(self, body: bytes | None) -> bool:
-        """Apply a plainly valid heartbeat; False leaves the request to the route."""
+    async def _beat(self, body: bytes) -> bytes | Response | None:
+        """The route's answer to a plainly valid heartbeat; None leaves it to the route."""
         try:
-            request = HeartbeatRequest.model_validate_json(body or b"")
-            self.core.heartbeat(request.service_name, request.instance_id, request.load_percentage)
+            request = HeartbeatRequest.model_validate_json(body)
+            answer = await routers.heartbeat(request, self.core)
         except (ValidationError, DiscoveryError):
-            return False
-        return True
-
-    # -- reads ------------------------------------------------------------------------------
-
-    def _read(self, path: str) -> bytes | None:
-        """The encoded answer to a discovery read, or None for the routes to answer."""
-        core = self.core
-        if path == _SERVICES:
-            return self._cached("all", "", core.version, self._all)
-        if not path.startswith(_SERVICES + "/"):
             return None
-        name, slash, rest = path[len(_SERVICES) + 1 :].partition("/")
-        if not name:
-            return None
-        version = core.service_version(name)
-        if not slash:
-            if version == 0:
-                return None  # the route's 404
-            return self._cached("service", name, version, lambda: self._service(name))
-        if rest == "healthy":
-            return self._cached("healthy", name, version, lambda: self._healthy(name))
-        return None
+        return answer if isinstance(answer, Response) else _encode(answer)
 
-    def _cached(self, kind: str, name: str, version: int, build: Callable[[], bytes]) -> bytes:
-        key = (kind, name)
+    async def _read(
+        self, endpoint: Callable[..., Any], version: Version, params: dict[str, Any]
+    ) -> bytes | None:
+        """The encoded answer of a read route, or None for the route to answer (a 404)."""
+        current = version(self.core, params)
+        if current == 0 and params:
+            return None  # a service never seen: the route decides (404 or an empty list)
+        key = (endpoint, *params.values())
         entry = self._cache.get(key)
-        if entry is not None and entry[0] == version:
+        if entry is not None and entry[0] == current:
             return entry[1]
-        body = build()
+        try:
+            body = _encode(await endpoint(core=self.core, **params))
+        except DiscoveryError:
+            return None
         if len(self._cache) >= CACHE_SIZE:
             del self._cache[next(iter(self._cache))]
-        self._cache[key] = (version, body)
+        self._cache[key] = (current, body)
         return body
 
-    def _all(self) -> bytes:
-        services = {
-            name: [InstanceRecord.of(i) for i in instances]
-            for name, instances in self.core.services().items()
-        }
-        return _encode(ServicesResponse(services=services))
 
-    def _service(self, name: str) -> bytes:
-        instances = [InstanceRecord.of(i) for i in self.core.instances(name)]
-        return _encode(ServiceResponse(service_name=name, instances=instances))
-
-    def _healthy(self, name: str) -> bytes:
-        healthy = [InstanceRecord.of(i) for i in self.core.healthy(name)]
-        return _encode(HealthyResponse(service_name=name, healthy_instances=healthy))
-
-
-def _encode(model: ServicesResponse | ServiceResponse | HealthyResponse) -> bytes:
+def _encode(model: BaseModel) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
 def _is_json(scope: Scope) -> bool:
-    """The body is declared JSON, as FastAPI requires before it parses one."""
     for name, value in scope["headers"]:
         if name == b"content-type":
-            # As FastAPI decides: main type `application`, subtype `json` or `...+json`.
-            media: bytes = value.split(b";", 1)[0].strip().lower()
-            if media.count(b"/") != 1:
-                return False
-            main, sub = media.split(b"/")
-            return main == b"application" and (sub == b"json" or sub.endswith(b"+json"))
+            return value.lower() in JSON_TYPES
     return False
 
 
 async def _reply(send: Send, body: bytes) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    # In Starlette's order, so that even the header order is the route's.
+    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

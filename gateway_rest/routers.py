@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from discovery.core.errors import InstanceNotFound
 from discovery.core.facade import DiscoveryCore
+from gateway_rest.routing import WRITE
 from gateway_rest.schemas import (
     AlertRecord,
     AlertsResponse,
@@ -25,9 +26,6 @@ from gateway_rest.schemas import (
     seconds,
 )
 
-# Writes need the secret; the guard checks it before the body is read (see gateway_rest.guard).
-# This only documents that in the OpenAPI schema.
-_WRITE: dict[str, Any] = {"security": [{"bearer": []}]}
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Detail, "description": "Body that cannot be decoded"},
     401: {"model": Detail, "description": "Missing or invalid credentials"},
@@ -49,7 +47,7 @@ health_router = APIRouter(tags=["health"])
 
 @router.post(
     "/register",
-    openapi_extra=_WRITE,
+    openapi_extra=WRITE,
     responses={**_WRITE_ERRORS, 429: {"model": Detail, "description": "Instance limit reached"}},
 )
 async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
@@ -68,7 +66,7 @@ async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
 @router.post(
     "/heartbeat",
     response_model=Outcome,
-    openapi_extra=_WRITE,
+    openapi_extra=WRITE,
     responses={**_WRITE_ERRORS, 404: {"model": Outcome, "description": "Unknown instance"}},
 )
 async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONResponse:
@@ -84,7 +82,7 @@ async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONRespons
 
 @router.delete(
     "/unregister/{service_name}/{instance_id}",
-    openapi_extra=_WRITE,
+    openapi_extra=WRITE,
     responses={**_WRITE_ERRORS, 404: {"model": Detail, "description": "Unknown instance"}},
 )
 async def unregister(service_name: str, instance_id: str, core: Core) -> Outcome:
