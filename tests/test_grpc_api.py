@@ -13,9 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from discovery.server import DiscoveryServer
+from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import AUTH, GRPC_AUTH, SECRET, ServerFactory, registration
+from tests.instances import fake_instances
 
 Stub = pb_grpc.DiscoveryServiceStub
 
@@ -161,29 +163,42 @@ async def test_unregister(stub: Stub) -> None:
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_list_services_and_get_service(stub: Stub) -> None:
-    empty = await stub.ListServices(pb.ListServicesRequest())
-    assert list(empty.services) == []
-    await stub.Register(register_request(service_name="b", instance_id="b-1"), metadata=GRPC_AUTH)
-    await stub.Register(
-        register_request(service_name="a", instance_id="a-1", health_endpoint=""),
-        metadata=GRPC_AUTH,
-    )
-    await stub.Register(register_request(service_name="a", instance_id="a-2"), metadata=GRPC_AUTH)
-    listed = await stub.ListServices(pb.ListServicesRequest())
-    assert [(s.name, [i.instance_id for i in s.instances]) for s in listed.services] == [
-        ("b", ["b-1"]),
-        ("a", ["a-1", "a-2"]),
-    ]
-    assert listed.revision > empty.revision
-    full = await stub.GetService(pb.GetServiceRequest(service_name="a"))
-    assert [i.instance_id for i in full.instances] == ["a-1", "a-2"]
-    assert full.service_name == "a"
-    assert full.revision == listed.revision
-    healthy = await stub.GetService(pb.GetServiceRequest(service_name="a", healthy_only=True))
-    assert [i.instance_id for i in healthy.instances] == ["a-1"]
-    error = await rpc_error(stub.GetService(pb.GetServiceRequest(service_name="nope")))
-    assert error.code() == grpc.StatusCode.NOT_FOUND
+async def test_list_services_and_get_service(make_server: ServerFactory) -> None:
+    # a-2 is probed at an instance that never answers, within a timeout longer than the test:
+    # no probe result can move the revision between ListServices and GetService.
+    async with (
+        fake_instances() as fleet,
+        make_server(health_check_interval=600, health_check_timeout=300) as server,
+        grpc.aio.insecure_channel(server.grpc_target) as channel,
+    ):
+        fleet.answer("/health", hang=True)
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        empty = await stub.ListServices(pb.ListServicesRequest())
+        assert list(empty.services) == []
+        for service, instance, endpoint in [("b", "b-1", ""), ("a", "a-1", ""), ("a", "a-2", None)]:
+            request = register_request(
+                service_name=service,
+                instance_id=instance,
+                host="127.0.0.1",
+                port=fleet.port,
+                health_endpoint="/health" if endpoint is None else endpoint,
+            )
+            await stub.Register(request, metadata=GRPC_AUTH)
+        await eventually(lambda: fleet.count("/health") == 1)
+        listed = await stub.ListServices(pb.ListServicesRequest())
+        assert [(s.name, [i.instance_id for i in s.instances]) for s in listed.services] == [
+            ("b", ["b-1"]),
+            ("a", ["a-1", "a-2"]),
+        ]
+        assert listed.revision > empty.revision
+        full = await stub.GetService(pb.GetServiceRequest(service_name="a"))
+        assert [i.instance_id for i in full.instances] == ["a-1", "a-2"]
+        assert full.service_name == "a"
+        assert full.revision == listed.revision
+        healthy = await stub.GetService(pb.GetServiceRequest(service_name="a", healthy_only=True))
+        assert [i.instance_id for i in healthy.instances] == ["a-1"]
+        error = await rpc_error(stub.GetService(pb.GetServiceRequest(service_name="nope")))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_list_alerts(stub: Stub) -> None:
