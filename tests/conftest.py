@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import httpx
@@ -19,6 +19,14 @@ AUTH = {"Authorization": f"Bearer {SECRET}"}
 GRPC_AUTH = (("authorization", f"Bearer {SECRET}"),)
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[DiscoveryServer]]
+
+if TYPE_CHECKING:
+    # What the stub is on an aio channel; the stubs (.pyi) alone name it.
+    from discovery.v1.discovery_pb2_grpc import DiscoveryServiceAsyncStub
+
+    Stub: TypeAlias = DiscoveryServiceAsyncStub
+else:
+    Stub = pb_grpc.DiscoveryServiceStub
 
 
 @pytest.fixture
@@ -45,7 +53,7 @@ async def rest(server: DiscoveryServer) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def stub(server: DiscoveryServer) -> AsyncIterator[pb_grpc.DiscoveryServiceStub]:
+async def stub(server: DiscoveryServer) -> AsyncIterator[Stub]:
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         yield pb_grpc.DiscoveryServiceStub(channel)
 

@@ -241,7 +241,7 @@ async def test_writes_need_the_secret(
 
 
 async def test_keepalive_needs_the_secret(stub: Stub) -> None:
-    call = stub.KeepAlive(metadata=(("authorization", "Bearer wrong"),))
+    call = stub.KeepAlive(None, metadata=(("authorization", "Bearer wrong"),))
     error = await rpc_error(call.read())
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 

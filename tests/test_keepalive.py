@@ -1,11 +1,10 @@
-"""KeepAlive (CONTRACT section 5): acks, clean detach, and breaks that turn instances unhealthy."""
+"""KeepAlive: acks, clean detach, and breaks that turn instances unhealthy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import textwrap
 import time
@@ -16,9 +15,10 @@ import pytest
 
 from discovery.core.model import HealthStatus, Registration
 from discovery.server import DiscoveryServer
+from discovery.testing import ServerProcess, eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import GRPC_AUTH, SECRET, ServerFactory
+from tests.conftest import GRPC_AUTH, SECRET, ServerFactory, Stub
 from tests.instances import fake_instances
 
 KeepAliveCall = grpc.aio.StreamStreamCall[pb.KeepAliveRequest, pb.KeepAliveResponse]
@@ -33,27 +33,21 @@ def status(server: DiscoveryServer, instance: str) -> HealthStatus:
     return server.core.registry.require("game", instance).status
 
 
-async def beat(call: KeepAliveCall, instance: str, **fields: object) -> pb.KeepAliveResponse:
-    await call.write(pb.KeepAliveRequest(service_name="game", instance_id=instance, **fields))
+async def beat(
+    call: KeepAliveCall, instance: str, load_percentage: float | None = None, detach: bool = False
+) -> pb.KeepAliveResponse:
+    request = pb.KeepAliveRequest(
+        service_name="game", instance_id=instance, load_percentage=load_percentage, detach=detach
+    )
+    await call.write(request)
     ack = await asyncio.wait_for(call.read(), 5)
     assert isinstance(ack, pb.KeepAliveResponse)
     return ack
 
 
-async def until(condition: object, within: float = 2.0) -> float:
-    """Wait for `condition()` to hold; returns how long it took."""
-    assert callable(condition)
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > within:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
-
-
 @pytest.fixture
-async def keepalive(stub: pb_grpc.DiscoveryServiceStub) -> AsyncIterator[KeepAliveCall]:
-    call = stub.KeepAlive(metadata=GRPC_AUTH)
+async def keepalive(stub: Stub) -> AsyncIterator[KeepAliveCall]:
+    call = stub.KeepAlive(None, metadata=GRPC_AUTH)
     yield call
     call.cancel()
 
@@ -104,7 +98,7 @@ async def test_a_break_turns_held_instances_unhealthy_at_once(
     else:
         await keepalive.done_writing()
         assert await asyncio.wait_for(keepalive.code(), 5) == grpc.StatusCode.OK
-    await until(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY, 1)
+    await eventually(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
     assert status(server, "game-2") is HealthStatus.UNHEALTHY
     assert status(server, "game-3") is HealthStatus.HEALTHY
 
@@ -112,26 +106,26 @@ async def test_a_break_turns_held_instances_unhealthy_at_once(
 async def test_detach_then_close_leaves_instances_as_they_are(
     server: DiscoveryServer, keepalive: KeepAliveCall
 ) -> None:
-    await add(server, "game-1")
-    await add(server, "game-2")
-    await beat(keepalive, "game-1", load_percentage=0.3)
-    await beat(keepalive, "game-2")
+    for instance in ("game-1", "game-2", "marker"):
+        await add(server, instance)
+        await beat(keepalive, instance)
     assert (await beat(keepalive, "game-1", detach=True)).code == 0
     assert (await beat(keepalive, "game-2", detach=True)).code == 0
     await keepalive.done_writing()
     assert await asyncio.wait_for(keepalive.code(), 5) == grpc.StatusCode.OK
-    await asyncio.sleep(0.1)
+    # The marker, still held, is severed by the same close that would have severed the others.
+    await eventually(lambda: status(server, "marker") is HealthStatus.UNHEALTHY)
     assert status(server, "game-1") is HealthStatus.HEALTHY
     assert status(server, "game-2") is HealthStatus.HEALTHY
 
 
 async def test_a_severed_instance_comes_back_with_its_next_heartbeat(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub, keepalive: KeepAliveCall
+    server: DiscoveryServer, stub: Stub, keepalive: KeepAliveCall
 ) -> None:
     await add(server, "game-1")
     await beat(keepalive, "game-1")
     keepalive.cancel()
-    await until(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
+    await eventually(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
     await stub.Heartbeat(
         pb.HeartbeatRequest(service_name="game", instance_id="game-1"), metadata=GRPC_AUTH
     )
@@ -139,21 +133,23 @@ async def test_a_severed_instance_comes_back_with_its_next_heartbeat(
 
 
 async def test_another_open_stream_keeps_a_shared_instance_up(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub, keepalive: KeepAliveCall
+    server: DiscoveryServer, stub: Stub, keepalive: KeepAliveCall
 ) -> None:
     await add(server, "game-1")
-    newer = stub.KeepAlive(metadata=GRPC_AUTH)  # e.g. a client that reconnected
+    await add(server, "marker")
+    newer = stub.KeepAlive(None, metadata=GRPC_AUTH)  # e.g. a client that reconnected
     await beat(keepalive, "game-1")
+    await beat(keepalive, "marker")  # held by the first stream only
     await beat(newer, "game-1")
     keepalive.cancel()
-    await asyncio.sleep(0.2)
+    await eventually(lambda: status(server, "marker") is HealthStatus.UNHEALTHY)
     assert status(server, "game-1") is HealthStatus.HEALTHY
     newer.cancel()
-    await until(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
+    await eventually(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
 
 
-async def test_keepalive_needs_credentials(stub: pb_grpc.DiscoveryServiceStub) -> None:
-    call = stub.KeepAlive(metadata=(("authorization", "Bearer wrong"),))
+async def test_keepalive_needs_credentials(stub: Stub) -> None:
+    call = stub.KeepAlive(None, metadata=(("authorization", "Bearer wrong"),))
     # The refusal may come before the write has gone out (the write fails then) or after.
     with contextlib.suppress(grpc.aio.AioRpcError):
         await call.write(pb.KeepAliveRequest(service_name="game", instance_id="game-1"))
@@ -166,7 +162,7 @@ async def test_shutdown_ends_keepalive_streams_promptly(make_server: ServerFacto
     try:
         await add(server, "game-1")
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive(metadata=GRPC_AUTH)
+            call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive(None, metadata=GRPC_AUTH)
             await beat(call, "game-1")
             started = time.monotonic()
             await server_context.__aexit__(None, None, None)
@@ -189,7 +185,7 @@ CLIENT = textwrap.dedent(
             for name in ("game-1", "game-2"):
                 await call.write(pb.KeepAliveRequest(service_name="game", instance_id=name))
                 assert (await call.read()).code == 0
-            print("ready", flush=True)
+            print("ready", file=sys.stderr, flush=True)
             await asyncio.sleep(60)
 
     asyncio.run(main(sys.argv[1], sys.argv[2]))
@@ -206,30 +202,21 @@ async def test_a_killed_client_process_makes_its_instances_unhealthy_within_a_se
         await server.core.register(
             Registration("game", "game-2", "127.0.0.1", fleet.port, "/health")
         )
-        await until(lambda: status(server, "game-2") is HealthStatus.HEALTHY)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CLIENT,
-            server.grpc_target,
-            SECRET,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        await eventually(lambda: status(server, "game-2") is HealthStatus.HEALTHY)
+        client = await ServerProcess.start(
+            command=[sys.executable, "-c", CLIENT, server.grpc_target, SECRET],
+            env={"PYTHONPATH": os.getcwd()},
+            wait=False,
         )
-        try:
-            assert process.stdout is not None
-            line = await asyncio.wait_for(process.stdout.readline(), 20)
-            assert line.strip() == b"ready"
+        async with client:
+            await client.wait_for_line("ready", within=20)
             assert status(server, "game-1") is HealthStatus.HEALTHY
-            process.send_signal(signal.SIGKILL)
-            took = await until(
+            await client.kill()
+            took = await eventually(
                 lambda: all(
                     status(server, i) is HealthStatus.UNHEALTHY for i in ("game-1", "game-2")
                 ),
                 within=1.0,
+                every=0.005,
             )
             assert took < 1.0
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
