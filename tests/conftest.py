@@ -10,6 +10,7 @@ import grpc
 import httpx
 import pytest
 
+from discovery.core.model import Instance, Registration
 from discovery.server import DiscoveryServer
 from discovery.testing import run_server
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -70,3 +71,23 @@ def registration(service: str = "game", instance: str = "game-1", **fields: Any)
     }
     body.update(fields)
     return body
+
+
+async def register(
+    client: httpx.AsyncClient, expect: int | None = 200, **fields: Any
+) -> httpx.Response:
+    """POST `registration(**fields)` with the secret; checks the status is `expect` unless None."""
+    response = await client.post(
+        "/v1/discovery/register", json=registration(**fields), headers=AUTH
+    )
+    if expect is not None:
+        assert response.status_code == expect, response.text
+    return response
+
+
+async def add(server: DiscoveryServer, service: str, instance: str, **fields: Any) -> Instance:
+    """Register straight through the core: heartbeat-only at 127.0.0.1:8080 unless told."""
+    fields.setdefault("host", "127.0.0.1")
+    fields.setdefault("port", 8080)
+    fields.setdefault("health_endpoint", None)
+    return (await server.core.register(Registration(service, instance, **fields))).instance

@@ -15,14 +15,14 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from discovery.server import DiscoveryServer
-from tests.conftest import AUTH, ServerFactory, registration
+from tests.conftest import ServerFactory
 
 
 @dataclass
@@ -59,6 +59,10 @@ class FakeInstances:
         if not isinstance(body, bytes):
             body = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.answers[path] = Answer(status, body, **options)
+
+    def at(self, path: str | None) -> dict[str, Any]:
+        """Register fields for an instance here, probed at `path` (None: heartbeat-only)."""
+        return {"host": self.host, "port": self.port, "health_endpoint": path}
 
     def count(self, path: str) -> int:
         return sum(1 for _, hit in self.hits if hit == path)
@@ -174,25 +178,6 @@ async def serving(
         httpx.AsyncClient(base_url=server.rest_url, timeout=5) as client,
     ):
         yield server, client
-
-
-async def register(
-    client: httpx.AsyncClient, fleet: FakeInstances, instance: str, path: str | None
-) -> None:
-    """Register `game:instance` at `fleet`, probed at `path` (None: heartbeat-only)."""
-    body = registration(instance=instance, host=fleet.host, port=fleet.port, health_endpoint=path)
-    response = await client.post("/v1/discovery/register", json=body, headers=AUTH)
-    assert response.status_code == 200, response.text
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 3.0) -> float:
-    """Poll `check` until it holds; returns how long that took."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"not true within {within}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def healthy_ids(client: httpx.AsyncClient, service: str = "game") -> list[str]:

@@ -17,17 +17,16 @@ import httpx
 import pytest
 
 from discovery.core.model import Change
+from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import AUTH, GRPC_AUTH, ServerFactory, registration
+from tests.conftest import AUTH, GRPC_AUTH, ServerFactory, register, registration
 from tests.instances import (
     FakeInstances,
     closed_port,
-    eventually,
     fake_instances,
     healthy_ids,
     record,
-    register,
     serving,
 )
 
@@ -109,7 +108,7 @@ async def test_raise_stay_in_the_band_and_clear(
     async with serving(make_server, alert_webhook_url=url, **FAST) as (server, client):
         flags: list[bool] = []
         server.core.registry.subscribe(lambda c: _flag(flags, c))
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         await eventually(lambda: _record_is(client, "load_percentage", 0.5))
         assert await alerts(client) == []
 
@@ -172,7 +171,7 @@ async def test_an_alert_clears_when_the_instance_turns_unhealthy(
     url = f"http://127.0.0.1:{hook.port}/hook"
     load(fleet, 0.95)
     async with serving(make_server, alert_webhook_url=url, **FAST) as (_, client):
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         await eventually(lambda: has_alerts(client, 1))
         load(fleet, 0.1, status=503)  # a failing probe's load is not taken
         await eventually(lambda: has_alerts(client, 0))
@@ -191,7 +190,7 @@ async def test_an_alert_clears_when_the_instance_goes(
     url = f"http://127.0.0.1:{hook.port}/hook"
     load(fleet, 0.9)
     async with serving(make_server, alert_webhook_url=url, **FAST) as (_, client):
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         await eventually(lambda: has_alerts(client, 1))
         response = await client.delete("/v1/discovery/unregister/game/game-1", headers=AUTH)
         assert response.status_code == 200
@@ -234,7 +233,7 @@ async def test_a_dead_webhook_changes_nothing_else(
     load(fleet, 0.9)
     async with serving(make_server, alert_webhook_url=url, **FAST) as (server, client):
         for n in range(5):
-            await register(client, fleet, f"game-{n}", "/health")
+            await register(client, instance=f"game-{n}", **fleet.at("/health"))
         await eventually(lambda: has_alerts(client, 5))
         load(fleet, 0.2)
         await eventually(lambda: has_alerts(client, 0))

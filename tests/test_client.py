@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -21,33 +21,22 @@ from discovery.client import (
     SyncServiceWatcher,
 )
 from discovery.core.facade import DiscoveryCore
-from discovery.core.model import HealthStatus, Registration
+from discovery.core.model import HealthStatus
 from discovery.rpc.servicer import Context, DiscoveryServicer, build_server
 from discovery.server import DiscoveryServer
-from discovery.testing import test_settings
+from discovery.testing import eventually, test_settings
 from discovery.v1 import discovery_pb2 as pb
-from tests.conftest import SECRET, ServerFactory
+from tests.conftest import SECRET, ServerFactory, add
 
 
 def fast() -> Backoff:
     return Backoff(initial=0.02, maximum=0.2)
 
 
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def client_for(server: DiscoveryServer, **options: object) -> DiscoveryClient:
     return DiscoveryClient(
         server.grpc_target, secret=SECRET, backoff=fast(), heartbeat_interval=0.05, **options
     )
-
-
-async def add(server: DiscoveryServer, instance: str, service: str = "game") -> None:
-    await server.core.register(Registration(service, instance, "127.0.0.1", 9, None))
 
 
 @pytest.fixture
@@ -65,9 +54,9 @@ async def test_client_keeps_alive_reports_load_and_unregisters_on_close(
         assert (instance.address, instance.healthy) == ("10.0.0.5:8080", True)
         await asyncio.wait_for(client.connected.wait(), 5)
         first = registry.require("game", "game-1").last_heartbeat
-        await until(lambda: registry.require("game", "game-1").last_heartbeat != first)
+        await eventually(lambda: registry.require("game", "game-1").last_heartbeat != first)
         client.set_load("game", "game-1", 0.7)
-        await until(lambda: registry.require("game", "game-1").load_percentage == 0.7)
+        await eventually(lambda: registry.require("game", "game-1").load_percentage == 0.7)
     assert registry.get("game", "game-1") is None
 
 
@@ -87,7 +76,7 @@ async def test_client_registers_again_what_the_server_forgot(server: DiscoverySe
         await client.register("game", "game-1", "10.0.0.5", 8080, health_endpoint=None)
         await asyncio.wait_for(client.connected.wait(), 5)
         await server.core.unregister("game", "game-1")
-        await until(lambda: server.core.registry.get("game", "game-1") is not None)
+        await eventually(lambda: server.core.registry.get("game", "game-1") is not None)
 
 
 async def test_a_refused_registration_leaves_the_stream_and_its_other_instances_alone(
@@ -100,15 +89,15 @@ async def test_a_refused_registration_leaves_the_stream_and_its_other_instances_
         await asyncio.wait_for(client.connected.wait(), 5)
         await server.core.unregister("game", "game-1")
         # The limit is reached: game-1 cannot come back.
-        await add(server, "other-1", service="other")
+        await add(server, "other", "other-1")
         beats = registry.require("game", "game-2").last_heartbeat
-        await until(lambda: registry.require("game", "game-2").last_heartbeat != beats)
+        await eventually(lambda: registry.require("game", "game-2").last_heartbeat != beats)
         await asyncio.sleep(0.3)  # several refused re-registrations, one per heartbeat
         # A broken stream would have turned game-2 unhealthy at once (CONTRACT section 5).
         assert registry.require("game", "game-2").status is HealthStatus.HEALTHY
         assert registry.get("game", "game-1") is None
         await server.core.unregister("other", "other-1")
-        await until(lambda: registry.get("game", "game-1") is not None)
+        await eventually(lambda: registry.get("game", "game-1") is not None)
 
 
 class _NoKeepAlive(DiscoveryServicer):
@@ -130,7 +119,9 @@ async def test_client_falls_back_to_unary_heartbeats() -> None:
         ) as client:
             await client.register("game", "game-1", "10.0.0.5", 8080, health_endpoint=None)
             client.set_load("game", "game-1", 0.25)
-            await until(lambda: core.registry.require("game", "game-1").load_percentage == 0.25)
+            await eventually(
+                lambda: core.registry.require("game", "game-1").load_percentage == 0.25
+            )
             await asyncio.wait_for(client.connected.wait(), 5)
         assert core.registry.get("game", "game-1") is None
     finally:
@@ -147,21 +138,21 @@ async def test_watcher_view_pick_and_changes(
     next_change = asyncio.ensure_future(anext(changes))
     await asyncio.sleep(0)
     for n in range(3):
-        await add(server, f"game-{n}")
-    await add(server, "chat-1", service="chat")  # not watched
+        await add(server, "game", f"game-{n}")
+    await add(server, "chat", "chat-1")  # not watched
     change = await asyncio.wait_for(next_change, 5)
     assert (change.type, change.instance.instance_id) == ("PUT", "game-0")
-    await until(lambda: len(watcher.instances("game")) == 3)
+    await eventually(lambda: len(watcher.instances("game")) == 3)
     assert watcher.instances() == watcher.instances("game")
     picks = [watcher.pick("game").instance_id for _ in range(6)]
     assert picks == ["game-0", "game-1", "game-2"] * 2
     server.core.heartbeat("game", "game-0", 0.9)
     server.core.heartbeat("game", "game-2", 0.9)
-    await until(lambda: sum(i.load_percentage for i in watcher.instances("game")) > 1.7)
+    await eventually(lambda: sum(i.load_percentage for i in watcher.instances("game")) > 1.7)
     assert {watcher.pick("game", "least_load").instance_id for _ in range(4)} == {"game-1"}
     assert watcher.pick("game", "random").instance_id in {"game-0", "game-1", "game-2"}
     server.core.registry.sever([("game", "game-1")])  # unhealthy: out of a healthy-only view
-    await until(lambda: len(watcher.instances("game")) == 2)
+    await eventually(lambda: len(watcher.instances("game")) == 2)
     assert [(c.type, c.instance.instance_id) for c in [await anext(changes) for _ in range(5)]][
         -1
     ] == ("DELETE", "game-1")
@@ -175,12 +166,12 @@ async def test_watcher_resumes_after_a_broken_stream_without_reset(
     async with ServiceWatcher(
         server.grpc_target, ["game"], on_change=seen.append, backoff=fast()
     ) as watcher:
-        await add(server, "game-1")
-        await until(lambda: len(watcher.instances("game")) == 1)
+        await add(server, "game", "game-1")
+        await eventually(lambda: len(watcher.instances("game")) == 1)
         for stream in server.core.watch_hub.watchers():
             stream.end()  # the stream ends; the client reconnects from its revision
-        await add(server, "game-2")
-        await until(lambda: len(watcher.instances("game")) == 2)
+        await add(server, "game", "game-2")
+        await eventually(lambda: len(watcher.instances("game")) == 2)
         assert watcher.reconnects >= 1
         assert watcher.resets == 1
         assert [(c.type, c.instance.instance_id) for c in seen] == [
@@ -202,21 +193,21 @@ async def test_a_service_and_a_gateway_survive_a_server_restart(
         await service.register("game", "game-1", "10.0.0.5", 8080, health_endpoint=None)
         await service.register("game", "game-2", "10.0.0.6", 8080, health_endpoint=None)
         await gateway.__aenter__()
-        await until(lambda: len(gateway.instances("game")) == 2)
+        await eventually(lambda: len(gateway.instances("game")) == 2)
         await context.__aexit__(None, None, None)
         context = make_server(**ports)
         server = await context.__aenter__()
-        await add(server, "game-3")  # registered meanwhile by someone else
-        await until(lambda: len(server.core.registry) == 3)
+        await add(server, "game", "game-3")  # registered meanwhile by someone else
+        await eventually(lambda: len(server.core.registry) == 3)
         expected = {i.instance_id: i.revision for i in server.core.registry.all_instances()}
-        await until(
+        await eventually(
             lambda: {i.instance_id: i.revision for i in gateway.instances("game")} == expected
         )
         assert gateway.resets == 2
         await server.core.unregister("game", "game-3")
-        await until(lambda: len(gateway.instances("game")) == 2)
+        await eventually(lambda: len(gateway.instances("game")) == 2)
         await service.close()
-        await until(lambda: gateway.instances("game") == [])
+        await eventually(lambda: gateway.instances("game") == [])
     finally:
         await gateway.close()
         await service.close()

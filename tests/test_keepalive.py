@@ -18,15 +18,10 @@ from discovery.server import DiscoveryServer
 from discovery.testing import ServerProcess, eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import GRPC_AUTH, SECRET, ServerFactory, Stub
+from tests.conftest import GRPC_AUTH, SECRET, ServerFactory, Stub, add
 from tests.instances import fake_instances
 
 KeepAliveCall = grpc.aio.StreamStreamCall[pb.KeepAliveRequest, pb.KeepAliveResponse]
-
-
-async def add(server: DiscoveryServer, instance: str, probed: bool = False) -> None:
-    endpoint = "/health" if probed else None
-    await server.core.register(Registration("game", instance, "127.0.0.1", 9, endpoint))
 
 
 def status(server: DiscoveryServer, instance: str) -> HealthStatus:
@@ -55,7 +50,7 @@ async def keepalive(stub: Stub) -> AsyncIterator[KeepAliveCall]:
 async def test_acks_and_error_acks_keep_the_stream_open(
     server: DiscoveryServer, keepalive: KeepAliveCall
 ) -> None:
-    await add(server, "game-1")
+    await add(server, "game", "game-1")
     ack = await beat(keepalive, "game-1", load_percentage=0.4)
     assert (ack.code, ack.service_name, ack.instance_id) == (0, "game", "game-1")
     assert ack.instance.load_percentage == pytest.approx(0.4)
@@ -76,7 +71,7 @@ async def test_acks_and_error_acks_keep_the_stream_open(
 async def test_each_request_is_a_heartbeat(
     server: DiscoveryServer, keepalive: KeepAliveCall
 ) -> None:
-    await add(server, "game-1")
+    await add(server, "game", "game-1")
     before = server.core.registry.require("game", "game-1").last_heartbeat
     await beat(keepalive, "game-1")
     after = server.core.registry.require("game", "game-1").last_heartbeat
@@ -88,9 +83,9 @@ async def test_each_request_is_a_heartbeat(
 async def test_a_break_turns_held_instances_unhealthy_at_once(
     server: DiscoveryServer, keepalive: KeepAliveCall, ending: str
 ) -> None:
-    await add(server, "game-1")
-    await add(server, "game-2")
-    await add(server, "game-3")  # never sent on the stream: not held
+    await add(server, "game", "game-1")
+    await add(server, "game", "game-2")
+    await add(server, "game", "game-3")  # never sent on the stream: not held
     await beat(keepalive, "game-1")
     await beat(keepalive, "game-2")
     if ending == "cancel":
@@ -107,7 +102,7 @@ async def test_detach_then_close_leaves_instances_as_they_are(
     server: DiscoveryServer, keepalive: KeepAliveCall
 ) -> None:
     for instance in ("game-1", "game-2", "marker"):
-        await add(server, instance)
+        await add(server, "game", instance)
         await beat(keepalive, instance)
     assert (await beat(keepalive, "game-1", detach=True)).code == 0
     assert (await beat(keepalive, "game-2", detach=True)).code == 0
@@ -122,7 +117,7 @@ async def test_detach_then_close_leaves_instances_as_they_are(
 async def test_a_severed_instance_comes_back_with_its_next_heartbeat(
     server: DiscoveryServer, stub: Stub, keepalive: KeepAliveCall
 ) -> None:
-    await add(server, "game-1")
+    await add(server, "game", "game-1")
     await beat(keepalive, "game-1")
     keepalive.cancel()
     await eventually(lambda: status(server, "game-1") is HealthStatus.UNHEALTHY)
@@ -135,8 +130,8 @@ async def test_a_severed_instance_comes_back_with_its_next_heartbeat(
 async def test_another_open_stream_keeps_a_shared_instance_up(
     server: DiscoveryServer, stub: Stub, keepalive: KeepAliveCall
 ) -> None:
-    await add(server, "game-1")
-    await add(server, "marker")
+    await add(server, "game", "game-1")
+    await add(server, "game", "marker")
     newer = stub.KeepAlive(None, metadata=GRPC_AUTH)  # e.g. a client that reconnected
     await beat(keepalive, "game-1")
     await beat(keepalive, "marker")  # held by the first stream only
@@ -160,7 +155,7 @@ async def test_shutdown_ends_keepalive_streams_promptly(make_server: ServerFacto
     server_context = make_server()
     server = await server_context.__aenter__()
     try:
-        await add(server, "game-1")
+        await add(server, "game", "game-1")
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
             call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive(None, metadata=GRPC_AUTH)
             await beat(call, "game-1")
@@ -196,7 +191,7 @@ CLIENT = textwrap.dedent(
 async def test_a_killed_client_process_makes_its_instances_unhealthy_within_a_second(
     server: DiscoveryServer,
 ) -> None:
-    await add(server, "game-1")
+    await add(server, "game", "game-1")
     async with fake_instances() as fleet:
         fleet.answer("/health", 200, {"status": "UP"})  # probes alone keep game-2 healthy
         await server.core.register(

@@ -12,17 +12,16 @@ import httpx
 import pytest
 
 from discovery.core.health.probe import HttpProber, ProbeTarget
-from tests.conftest import AUTH, ServerFactory, registration
+from discovery.testing import eventually
+from tests.conftest import AUTH, ServerFactory, register, registration
 from tests.instances import (
     FakeInstances,
     closed_port,
-    eventually,
     fake_instances,
     has_healthy,
     healthy_ids,
     ipv6_available,
     record,
-    register,
     serving,
     status_is,
 )
@@ -174,7 +173,7 @@ async def test_a_new_instance_is_healthy_within_a_second(
     fleet.answer("/health", 200, {"status": "UP", "load_percentage": 0.25})
     # A 30 s interval: only the immediate probe can make it healthy this soon.
     async with serving(make_server, health_check_interval=30) as (_, client):
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         took = await eventually(lambda: has_healthy(client, "game-1"), within=1.0)
         assert took < 1.0
         found = await record(client, "game-1")
@@ -191,8 +190,8 @@ async def test_a_failure_is_rechecked_within_a_second(
         _,
         client,
     ):
-        await register(client, fleet, "game-1", "/health")
-        await register(client, fleet, "game-2", "/down")
+        await register(client, instance="game-1", **fleet.at("/health"))
+        await register(client, instance="game-2", **fleet.at("/down"))
         await eventually(lambda: has_healthy(client, "game-1"))
         await eventually(lambda: status_is(client, "game-2", "unhealthy"))
         assert await healthy_ids(client) == ["game-1"]
@@ -221,9 +220,9 @@ async def test_hung_instances_never_delay_the_others(
     }
     async with serving(make_server, **settings) as (_, client):
         for n in range(3):
-            await register(client, fleet, f"hung-{n}", f"/hung-{n}")
+            await register(client, instance=f"hung-{n}", **fleet.at(f"/hung-{n}"))
         for n in range(4):
-            await register(client, fleet, f"ok-{n}", f"/ok-{n}")
+            await register(client, instance=f"ok-{n}", **fleet.at(f"/ok-{n}"))
         await asyncio.sleep(2.0)
         # Three slots are held by hung probes for 1.5 s each; the fourth keeps the rest
         # on their 0.2 s interval.
@@ -243,7 +242,7 @@ async def test_loads_from_probes(
         _,
         client,
     ):
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         await eventually(lambda: _load_is(client, "game-1", 0.4))
         fleet.answer("/health", 200, {"status": "UP", "load_percentage": "high"})
         count = len(fleet.times("/health"))
@@ -274,16 +273,16 @@ async def test_a_moved_instance_is_probed_at_once(
         serving(make_server, health_check_interval=30) as (_, client),
     ):
         other.answer("/health", 503, "")
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         await eventually(lambda: has_healthy(client, "game-1"))
-        await register(client, other, "game-1", "/health")
+        await register(client, instance="game-1", **other.at("/health"))
         await eventually(lambda: status_is(client, "game-1", "unhealthy"), within=1.0)
         # Back at the first address, with the same endpoint: probed at once again.
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         await eventually(lambda: has_healthy(client, "game-1"), within=1.0)
         # The same address again keeps the health it has, with no new probe.
         hits = len(fleet.times("/health"))
-        await register(client, fleet, "game-1", "/health")
+        await register(client, instance="game-1", **fleet.at("/health"))
         assert await healthy_ids(client) == ["game-1"]
         await asyncio.sleep(0.3)
         assert len(fleet.times("/health")) == hits

@@ -5,26 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
 
-from discovery.core.model import Registration
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import GRPC_AUTH, ServerFactory
+from tests.conftest import GRPC_AUTH, ServerFactory, add
 
 WatchCall = grpc.aio.UnaryStreamCall[pb.WatchRequest, pb.WatchResponse]
 PUT, DELETE = pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_DELETE
-
-
-async def add(server: DiscoveryServer, service: str, instance: str, **fields: Any) -> None:
-    fields.setdefault("host", "127.0.0.1")
-    fields.setdefault("port", 8080)
-    fields.setdefault("health_endpoint", None)
-    await server.core.register(Registration(service, instance, **fields))
 
 
 async def read(call: WatchCall, within: float = 5) -> pb.WatchResponse:

@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from discovery.core.model import Registration
 from discovery.server import DiscoveryServer
-from tests.conftest import AUTH, ServerFactory, registration
+from tests.conftest import AUTH, ServerFactory, add, registration
 
 WATCH = "/v1/discovery/watch"
 
@@ -48,10 +47,6 @@ async def events(response: httpx.Response) -> AsyncIterator[Event]:
 
 async def take(stream: AsyncIterator[Event], count: int, within: float = 5) -> list[Event]:
     return [await asyncio.wait_for(anext(stream), within) for _ in range(count)]
-
-
-async def add(server: DiscoveryServer, service: str, instance: str) -> None:
-    await server.core.register(Registration(service, instance, "127.0.0.1", 8080, None))
 
 
 async def test_snapshot_then_live_events_with_ids_where_the_contract_puts_them(

@@ -15,6 +15,7 @@ import pytest
 
 from discovery.core.health.webhook import WebhookSink, alert_payload
 from discovery.core.model import Alert
+from discovery.testing import eventually
 
 URL = "http://127.0.0.1:9/alerts"
 ALERT = Alert("game", "game-1", 0.85, 0.8, 1_800_000_000.25)
@@ -69,19 +70,12 @@ async def running(receiver: Receiver, **options: Any) -> AsyncIterator[WebhookSi
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def until(check: Callable[[], bool], within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 async def test_delivers_raise_and_clear_in_order() -> None:
     receiver = Receiver()
     async with running(receiver) as sink:
         sink("alert.raised", ALERT, AT)
         sink("alert.cleared", Alert("game", "game-1", 0.7, 0.8, ALERT.since), AT + 5)
-        await until(lambda: sink.delivered == 2)
+        await eventually(lambda: sink.delivered == 2)
     assert [body["event"] for body in receiver.bodies] == ["alert.raised", "alert.cleared"]
     assert receiver.bodies[1]["load_percentage"] == 0.7
     assert receiver.bodies[1]["since"] == receiver.bodies[0]["since"]
@@ -94,7 +88,7 @@ async def test_retries_with_backoff(failure: int | type[Exception]) -> None:
         started = time.monotonic()
         sink("alert.raised", ALERT, AT)
         sink("alert.cleared", ALERT, AT)
-        await until(lambda: sink.delivered == 2)
+        await eventually(lambda: sink.delivered == 2)
     assert receiver.attempts == 4
     assert [body["event"] for body in receiver.bodies] == ["alert.raised", "alert.cleared"]
     assert time.monotonic() - started >= 0.01 + 0.02
@@ -105,7 +99,7 @@ async def test_gives_up_after_the_last_attempt(caplog: pytest.LogCaptureFixture)
     async with running(receiver, attempts=3) as sink:
         sink("alert.raised", ALERT, AT)
         sink("alert.cleared", ALERT, AT)
-        await until(lambda: sink.delivered == 1)
+        await eventually(lambda: sink.delivered == 1)
     assert (sink.failed, receiver.attempts) == (1, 4)
     assert [body["event"] for body in receiver.bodies] == ["alert.cleared"]
     assert any("not delivered (HTTP 503)" in r.getMessage() for r in caplog.records)
@@ -116,7 +110,7 @@ async def test_a_client_error_is_not_retried() -> None:
     async with running(receiver) as sink:
         sink("alert.raised", ALERT, AT)
         sink("alert.cleared", ALERT, AT)
-        await until(lambda: sink.delivered == 1)
+        await eventually(lambda: sink.delivered == 1)
     assert (sink.failed, receiver.attempts) == (1, 2)
 
 
@@ -125,7 +119,7 @@ async def test_a_full_queue_drops_the_oldest(caplog: pytest.LogCaptureFixture) -
     receiver = Receiver(hang=True)
     async with running(receiver, queue_size=3) as sink:
         sink("alert.raised", ALERT, AT)
-        await until(lambda: receiver.attempts == 1)  # the first is in flight, stuck
+        await eventually(lambda: receiver.attempts == 1)  # the first is in flight, stuck
         started = time.monotonic()
         for n in range(10):
             sink("alert.raised", Alert("game", f"game-{n}", 0.9, 0.8, AT), AT)
