@@ -1,9 +1,9 @@
 """What every bench shares: the two cores, child processes, the write secret, CPU accounting.
 
 The server under test (or its baseline) runs on core 0 (`taskset -c 0`); the bench itself, its
-load generators and helper processes run on core 1. Every child binds 127.0.0.1 on free ports
-and announces them on stderr as `REST listening on HOST:PORT` / `gRPC listening on HOST:PORT`,
-the lines `python -m discovery` logs once it serves.
+load generators and helper processes run on core 1. Every server child binds 127.0.0.1 on free
+ports and announces them on stderr as `python -m discovery` does; `discovery.testing` reads
+those lines (`SyncServerProcess`).
 """
 
 from __future__ import annotations
@@ -12,20 +12,19 @@ import asyncio
 import contextlib
 import os
 import queue
-import re
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from discovery.testing import SyncServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU = 0
@@ -33,7 +32,6 @@ CLIENT_CPU = 1
 SECRET = "bench-secret"
 REST_AUTH = {"Authorization": f"Bearer {SECRET}"}
 GRPC_AUTH = (("authorization", f"Bearer {SECRET}"),)
-LISTENING = re.compile(r"(REST|gRPC) listening on \S+:(\d+)")
 
 
 class BenchError(RuntimeError):
@@ -60,52 +58,32 @@ def pinned(command: Sequence[str], cpu: int = SERVER_CPU) -> list[str]:
     return list(command)
 
 
-class Process:
-    """A child process pinned to one core.
+class Process(SyncServerProcess):
+    """A child process pinned to one core, its stdout read line by line (`line()`, `aline()`).
 
-    Its stderr is kept (the last 200 lines) and watched for the listening lines; its stdout, when
-    asked for, is read line by line through `line()` / `aline()`.
+    Its stderr is kept and watched for the listening lines (see `SyncServerProcess`).
     """
 
     def __init__(
         self, command: Sequence[str], env: dict[str, str] | None = None, cpu: int = SERVER_CPU
     ) -> None:
-        self.command = pinned(command, cpu)
-        self.ports: dict[str, int] = {}
-        self.listening_at: dict[str, float] = {}
-        self.stderr: deque[str] = deque(maxlen=200)
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._listening = threading.Condition()
-        environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.command,
-            env=environment,
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        environment = {"PYTHONPATH": str(ROOT), **(env or {})}
+        super().__init__(pinned(command, cpu), environment, cwd=ROOT, stdin=True, stdout=True)
         threading.Thread(target=self._read_stdout, daemon=True).start()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_listening(self, kinds: Sequence[str], timeout: float = 30) -> dict[str, int]:
-        """The ports of `kinds` ("REST", "gRPC"), once announced; raises if the child dies."""
-        deadline = time.monotonic() + timeout
-        with self._listening:
-            while not set(kinds) <= set(self.ports):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(
-                        f"{self.command} did not start (exit status {self.proc.poll()}, "
-                        f"ports so far {self.ports}): {self.tail()}"
-                    )
-                self._listening.wait(0.05)
-        return dict(self.ports)
+    def wait_listening(
+        self, kinds: Sequence[str] = ("REST", "gRPC"), within: float = 30
+    ) -> dict[str, int]:
+        """The ports of `kinds`, once announced; `BenchError` if the child dies first."""
+        try:
+            return super().wait_listening(kinds, within)
+        except AssertionError as exc:
+            raise BenchError(str(exc)[-4000:]) from None
 
     def line(self, timeout: float) -> str:
         """The next stdout line; raises when the child ends or stays silent too long."""
@@ -128,45 +106,24 @@ class Process:
         return float(times.user + times.system)
 
     def tail(self) -> str:
-        return "".join(list(self.stderr)[-20:])
+        return "".join(list(self.lines)[-20:])
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM, within: float = 15.0) -> int:
         """SIGTERM, then SIGKILL after 15 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                stream.close()  # type: ignore[union-attr]
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            now = time.monotonic()
-            self.stderr.append(line)
-            if match := LISTENING.search(line):
-                with self._listening:
-                    self.ports[match[1]] = int(match[2])
-                    self.listening_at[match[1]] = now
-                    self._listening.notify_all()
+        return super().stop(sig, within)
 
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.strip())
+        with contextlib.suppress(ValueError, OSError):  # closed by stop()
+            for line in self.proc.stdout:
+                self._lines.put(line.strip())
         self._lines.put(None)
 
 
 def server_env(**env: str) -> dict[str, str]:
-    """The environment of `python -m discovery` in a bench: loopback, free ports, a secret."""
+    """The environment of `python -m discovery` in a bench (beyond `discovery.testing`'s
+    loopback and free ports): the write secret, warnings only."""
     return {
-        "SERVICE_DISCOVERY_HOST": "127.0.0.1",
-        "SERVICE_DISCOVERY_PORT": "0",
-        "SERVICE_DISCOVERY_GRPC_PORT": "0",
         "SERVICE_DISCOVERY_SECRET": SECRET,
         "LOG_LEVEL": "WARNING",
         **env,

@@ -144,7 +144,7 @@ def measure(smoke: bool) -> list[Row]:
         fleet_port = int(fleet.line(30).rsplit(" ", 1)[1])
         with discovery_server(**env) as server:
             windows, how = asyncio.run(probing(server, fleet_port, size))
-            warnings = [line.strip() for line in server.stderr if "WARNING" in line]
+            warnings = [line.strip() for line in server.lines if "WARNING" in line]
     title, target = FIGURES["probes_per_second"]
     asked = size.instances / size.interval
     rate = Row("probes_per_second", title, target, Sample([w.rate for w in windows], "/s"))

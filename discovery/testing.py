@@ -9,17 +9,24 @@ async with run_server(secret="s3cret") as server:
 
 async with await ServerProcess.start(env={"SERVICE_DISCOVERY_STORE": "memory"}) as process:
     ...  # process.rest_url, process.grpc_target; await process.stop() -> exit status
+
+with SyncServerProcess(env={...}) as process:  # the same, for threaded code (benches, fixtures)
+    process.wait_listening()
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import os
 import re
 import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +79,26 @@ async def run_server(
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
+#: The line a server (or a bench baseline) logs on stderr once it serves: `REST listening on
+#: HOST:PORT`, `gRPC listening on HOST:PORT` (see `DiscoveryServer.start`).
 LISTENING = re.compile(r"(REST|gRPC) listening on (\S+):(\d+)")
+
+
+def listening(line: str) -> tuple[str, int] | None:
+    """`("REST", port)` or `("gRPC", port)` when `line` announces a bound port."""
+    match = LISTENING.search(line)
+    return None if match is None else (match[1], int(match[3]))
+
+
+def server_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment plus loopback and free ports, plus `env`."""
+    return {
+        **os.environ,
+        "SERVICE_DISCOVERY_HOST": "127.0.0.1",
+        "SERVICE_DISCOVERY_PORT": "0",
+        "SERVICE_DISCOVERY_GRPC_PORT": "0",
+        **(env or {}),
+    }
 
 
 async def eventually(
@@ -93,7 +119,36 @@ async def eventually(
         await asyncio.sleep(every)
 
 
-class ServerProcess:
+class _Ports:
+    """Where a child process said it listens, and what it logged."""
+
+    lines: Sequence[str]
+    ports: dict[str, int]
+    scheme: str  # "https" when the environment names a TLS certificate
+
+    @property
+    def rest_port(self) -> int:
+        return self.ports["REST"]
+
+    @property
+    def grpc_port(self) -> int:
+        return self.ports["gRPC"]
+
+    @property
+    def rest_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def output(self) -> str:
+        """Everything logged so far."""
+        return "".join(self.lines)
+
+
+class ServerProcess(_Ports):
     """The `service-discovery` console script in a subprocess, on free ports of 127.0.0.1.
 
     `await ServerProcess.start(env={...})` returns once both `listening` lines were logged;
@@ -120,13 +175,7 @@ class ServerProcess:
     ) -> ServerProcess:
         """Spawn the server with the current environment plus `env` (loopback, port 0 unless
         `env` says otherwise); with `wait`, return once it listens on both ports."""
-        environment = {
-            **os.environ,
-            "SERVICE_DISCOVERY_HOST": "127.0.0.1",
-            "SERVICE_DISCOVERY_PORT": "0",
-            "SERVICE_DISCOVERY_GRPC_PORT": "0",
-            **(env or {}),
-        }
+        environment = server_env(env)
         proc = await asyncio.create_subprocess_exec(
             *(command or [str(SCRIPT)]),
             *args,
@@ -142,27 +191,6 @@ class ServerProcess:
         if wait:
             await server.wait_listening(within)
         return server
-
-    @property
-    def rest_port(self) -> int:
-        return self.ports["REST"]
-
-    @property
-    def grpc_port(self) -> int:
-        return self.ports["gRPC"]
-
-    @property
-    def rest_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.rest_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def output(self) -> str:
-        """Everything logged so far."""
-        return "".join(self.lines)
 
     async def wait_listening(self, within: float = 20.0) -> None:
         """Until both ports are announced; `AssertionError` with the log if it exits first."""
@@ -228,7 +256,92 @@ class ServerProcess:
         assert stream is not None
         while line := (await stream.readline()).decode(errors="replace"):
             self.lines.append(line)
-            if match := LISTENING.search(line):
-                self.ports[match[1]] = int(match[3])
+            if bound := listening(line):
+                self.ports[bound[0]] = bound[1]
                 if len(self.ports) == 2:
                     self._listening.set()
+
+
+class SyncServerProcess(_Ports):
+    """`ServerProcess` for threaded code: the child's stderr is read by a thread.
+
+    `command` is the console script unless given (a bench baseline announces its ports the same
+    way). `stdin` and `stdout` are pipes when asked for, for a child driven line by line.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        cwd: str | Path | None = None,
+        stdin: bool = False,
+        stdout: bool = False,
+    ) -> None:
+        self.command = list(command or [str(SCRIPT)])
+        self.ports = {}
+        environment = server_env(env)
+        self.scheme = "https" if environment.get("SERVICE_DISCOVERY_TLS_CERT_FILE") else "http"
+        self.listening_at: dict[str, float] = {}
+        self.lines: collections.deque[str] = collections.deque(maxlen=1000)
+        self._changed = threading.Condition()
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.command,
+            env=environment,
+            cwd=cwd,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def wait_listening(
+        self, kinds: Sequence[str] = ("REST", "gRPC"), within: float = 20.0
+    ) -> dict[str, int]:
+        """The ports of `kinds` once announced; `AssertionError` with the log if the child
+        exits first or stays silent for `within` seconds."""
+        deadline = time.monotonic() + within
+        with self._changed:
+            while not set(kinds) <= set(self.ports):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{self.command} did not start listening (exit status "
+                        f"{self.proc.poll()}):\n{self.output}"
+                    )
+                self._changed.wait(0.05)
+        return dict(self.ports)
+
+    def stop(self, sig: int = signal.SIGTERM, within: float = 10.0) -> int:
+        """Send `sig`, SIGKILL after `within` seconds; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=within)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> SyncServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(signal.SIGKILL)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        with contextlib.suppress(ValueError, OSError):  # closed by stop()
+            for line in self.proc.stderr:
+                now = time.monotonic()
+                with self._changed:
+                    self.lines.append(line)
+                    if bound := listening(line):
+                        self.ports[bound[0]] = bound[1]
+                        self.listening_at[bound[0]] = now
+                    self._changed.notify_all()

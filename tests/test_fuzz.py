@@ -8,58 +8,30 @@ accepted and invalid data refused, with and without credentials.
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from discovery.testing import SyncServerProcess
 from tests.conftest import SECRET
 
 BIN = Path(sys.executable).parent
-LISTENING = re.compile(r"REST listening on \S+:(\d+)")
 
 
 @pytest.fixture(scope="module")
 def rest_url() -> Iterator[str]:
     env = {
-        **os.environ,
-        "SERVICE_DISCOVERY_HOST": "127.0.0.1",
-        "SERVICE_DISCOVERY_PORT": "0",
-        "SERVICE_DISCOVERY_GRPC_PORT": "0",
         "SERVICE_DISCOVERY_SECRET": SECRET,
         "HEALTH_CHECK_TIMEOUT_SECONDS": "0.2",
         "MAX_INSTANCES_PER_SERVICE": "50",
     }
-    proc = subprocess.Popen(
-        [str(BIN / "service-discovery")],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 15
-    port = None
-    while port is None and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        if match := LISTENING.search(line):
-            port = int(match[1])
-    assert port is not None, "the server did not start"
-    # Keep draining the log: a full pipe would block the server's logging.
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+    with SyncServerProcess(env=env) as process:
+        process.wait_listening()
+        yield process.rest_url
+        assert process.stop() == 0, process.output
 
 
 @pytest.mark.timeout(300)
