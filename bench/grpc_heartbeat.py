@@ -78,7 +78,7 @@ def registrations(size: Size) -> list[bytes]:
 
 
 async def register_all(channels: Channels, size: Size) -> None:
-    register = channels.channels[0].unary_unary(REGISTER)
+    register = channels.channels[0].unary_unary(REGISTER, None, None)
     for request in registrations(size):
         await register(request, metadata=GRPC_AUTH)
 

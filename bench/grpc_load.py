@@ -65,7 +65,7 @@ class Channels:
         tb: TracebackType | None,
     ) -> None:
         for channel in self.channels:
-            await channel.close()
+            await channel.close(None)
 
     async def unary(
         self,
@@ -77,7 +77,7 @@ class Channels:
     ) -> LoadResult:
         """`in_flight` workers per channel, each calling `method` back to back with the next
         request; an answer counts when its status is OK."""
-        calls = [channel.unary_unary(method) for channel in self.channels]
+        calls = [channel.unary_unary(method, None, None) for channel in self.channels]
         result = LoadResult(seconds)
         deadline = time.monotonic() + seconds
         workers = len(calls) * in_flight
@@ -105,7 +105,7 @@ class Channels:
     ) -> LoadResult:
         """Every request once, by `workers` callers spread over the channels, each calling back
         to back; the time is from the first call to the last answer."""
-        calls = [channel.unary_unary(method) for channel in self.channels]
+        calls = [channel.unary_unary(method, None, None) for channel in self.channels]
         result = LoadResult(0)
 
         async def worker(index: int) -> None:
@@ -167,7 +167,7 @@ class Channels:
             pb.KeepAliveRequest(service_name=service, instance_id=instance)
             for service, instance in names
         ]
-        call = method(metadata=metadata)
+        call = method(None, metadata=metadata)
         slots = asyncio.Semaphore(in_flight)
         counted = LoadResult(0)
 

@@ -20,9 +20,10 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from bench.common import pin_self
-from bench.results import RESULTS, Row, failed, machine, markdown, skipped, write
+from bench.results import RESULTS, Row, Target, failed, machine, markdown, skipped, write
 from bench.tools import ToolMissing
 
 #: In the order they run (and appear in the table).
@@ -38,6 +39,12 @@ MODULES = [
 ]
 
 
+def figure(module: ModuleType, key: str) -> tuple[str, Target]:
+    """The title and target of one of the module's figures."""
+    title, target = module.FIGURES[key]
+    return title, target
+
+
 def run_module(name: str, smoke: bool) -> list[Row]:
     """The module's rows, or one error (or skipped) row per figure when it cannot finish."""
     module = importlib.import_module(f"bench.{name}")
@@ -46,13 +53,13 @@ def run_module(name: str, smoke: bool) -> list[Row]:
     try:
         rows: list[Row] = module.measure(smoke)
     except ToolMissing as exc:
-        rows = [skipped(key, *module.FIGURES[key], str(exc)) for key in module.FIGURES]
+        rows = [skipped(key, *figure(module, key), str(exc)) for key in module.FIGURES]
     except Exception as exc:  # one module's failure must not hide the others' figures
         traceback.print_exc()
         reason = f"{type(exc).__name__}: {exc}"
-        rows = [failed(key, *module.FIGURES[key], reason) for key in module.FIGURES]
+        rows = [failed(key, *figure(module, key), reason) for key in module.FIGURES]
     missing = set(module.FIGURES) - {row.key for row in rows}
-    rows += [failed(key, *module.FIGURES[key], "not measured") for key in sorted(missing)]
+    rows += [failed(key, *figure(module, key), "not measured") for key in sorted(missing)]
     print(f"   {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return rows
 

@@ -104,15 +104,15 @@ def server(kind: str) -> Iterator[Process]:
 def trigger(kind: str, channel: grpc.aio.Channel) -> Trigger:
     """What makes change `seq` (seq < 0: a warm-up change nobody watches)."""
     if kind == "etcd":
-        put = channel.unary_unary(etcd_baseline.PUT)
+        put = channel.unary_unary(etcd_baseline.PUT, None, None)
 
-        def change(seq: int) -> Awaitable[object]:
+        def put_key(seq: int) -> Awaitable[object]:
             prefix = b"bench/" if seq >= 0 else b"warmup/"
             name = marker(max(seq, 0)).encode()
             return put(etcd_baseline.put(prefix + name, name))
 
-        return change
-    register = channel.unary_unary(REGISTER)
+        return put_key
+    register = channel.unary_unary(REGISTER, None, None)
 
     def change(seq: int) -> Awaitable[object]:
         request = pb.RegisterRequest(

@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, Sequence
 
 import grpc
 
@@ -46,11 +46,11 @@ def request_for(kind: str) -> tuple[str, bytes, bool]:
     return WATCH, pb.WatchRequest(service_names=["bench"]).SerializeToString(), False
 
 
-def _stream(channel: grpc.aio.Channel, kind: str) -> AsyncIterator[bytes]:
+def _stream(channel: grpc.aio.Channel, kind: str) -> AsyncIterable[bytes]:
     method, request, bidi = request_for(kind)
     if bidi:
-        return channel.stream_stream(method)(iter([request]))
-    return channel.unary_stream(method)(request)
+        return channel.stream_stream(method, None, None)(iter([request]))
+    return channel.unary_stream(method, None, None)(request)
 
 
 async def watch(target: str, kind: str, streams: int) -> None:

@@ -102,7 +102,7 @@ def server_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], within: float = 5.0, every: float = 0.01
+    check: Callable[[], bool | Awaitable[bool]], within: float = 10.0, every: float = 0.01
 ) -> float:
     """Wait until `check()` (a function or a coroutine function) is true; returns how long it
     took. Raises `TimeoutError` after `within` seconds."""
@@ -170,7 +170,7 @@ class ServerProcess(_Ports):
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
         command: Sequence[str] | None = None,
-        within: float = 20.0,
+        within: float = 60.0,
         wait: bool = True,
     ) -> ServerProcess:
         """Spawn the server with the current environment plus `env` (loopback, port 0 unless
@@ -192,7 +192,7 @@ class ServerProcess(_Ports):
             await server.wait_listening(within)
         return server
 
-    async def wait_listening(self, within: float = 20.0) -> None:
+    async def wait_listening(self, within: float = 60.0) -> None:
         """Until both ports are announced; `AssertionError` with the log if it exits first."""
         waiter = asyncio.ensure_future(self._listening.wait())
         exited = asyncio.ensure_future(self.proc.wait())
@@ -207,7 +207,7 @@ class ServerProcess(_Ports):
                     await asyncio.wait_for(asyncio.shield(self._reader), 2)
             raise AssertionError("the server did not start listening:\n" + self.output)
 
-    async def wait_for_line(self, text: str, within: float = 10.0) -> str:
+    async def wait_for_line(self, text: str, within: float = 30.0) -> str:
         """The first logged line containing `text`, waiting for it."""
         found: list[str] = []
 
@@ -218,7 +218,7 @@ class ServerProcess(_Ports):
         await eventually(seen, within)
         return found[0]
 
-    async def stop(self, sig: int = signal.SIGTERM, within: float = 10.0) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 20.0) -> int:
         """Send `sig` (SIGTERM by default) and wait for the exit status."""
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
@@ -228,7 +228,7 @@ class ServerProcess(_Ports):
         """SIGKILL, and the exit status."""
         return await self.stop(signal.SIGKILL)
 
-    async def wait(self, within: float = 10.0) -> int:
+    async def wait(self, within: float = 30.0) -> int:
         """The exit status, once the process ended and its log was read."""
         try:
             code = await asyncio.wait_for(self.proc.wait(), within)
@@ -298,7 +298,7 @@ class SyncServerProcess(_Ports):
         threading.Thread(target=self._read, daemon=True).start()
 
     def wait_listening(
-        self, kinds: Sequence[str] = ("REST", "gRPC"), within: float = 20.0
+        self, kinds: Sequence[str] = ("REST", "gRPC"), within: float = 60.0
     ) -> dict[str, int]:
         """The ports of `kinds` once announced; `AssertionError` with the log if the child
         exits first or stays silent for `within` seconds."""
@@ -313,7 +313,7 @@ class SyncServerProcess(_Ports):
                 self._changed.wait(0.05)
         return dict(self.ports)
 
-    def stop(self, sig: int = signal.SIGTERM, within: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, within: float = 20.0) -> int:
         """Send `sig`, SIGKILL after `within` seconds; the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -21,6 +21,9 @@ GRPC_AUTH = (("authorization", f"Bearer {SECRET}"),)
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[DiscoveryServer]]
 
+#: What `read()` on a grpc.aio stream returns at its end (grpc-stubs does not declare it).
+EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
+
 if TYPE_CHECKING:
     # What the stub is on an aio channel; the stubs (.pyi) alone name it.
     from discovery.v1.discovery_pb2_grpc import DiscoveryServiceAsyncStub

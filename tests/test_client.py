@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -33,7 +34,7 @@ def fast() -> Backoff:
     return Backoff(initial=0.02, maximum=0.2)
 
 
-def client_for(server: DiscoveryServer, **options: object) -> DiscoveryClient:
+def client_for(server: DiscoveryServer, **options: Any) -> DiscoveryClient:
     return DiscoveryClient(
         server.grpc_target, secret=SECRET, backoff=fast(), heartbeat_interval=0.05, **options
     )
@@ -156,6 +157,7 @@ async def test_watcher_view_pick_and_changes(
     assert [(c.type, c.instance.instance_id) for c in [await anext(changes) for _ in range(5)]][
         -1
     ] == ("DELETE", "game-1")
+    assert isinstance(changes, AsyncGenerator)  # what changes() is; it is typed an iterator
     await changes.aclose()
 
 

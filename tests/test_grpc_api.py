@@ -16,10 +16,8 @@ from discovery.server import DiscoveryServer
 from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import AUTH, GRPC_AUTH, SECRET, ServerFactory, registration
+from tests.conftest import AUTH, EOF, GRPC_AUTH, SECRET, ServerFactory, Stub, registration
 from tests.instances import fake_instances
-
-Stub = pb_grpc.DiscoveryServiceStub
 
 
 def register_request(**fields: object) -> pb.RegisterRequest:
@@ -310,10 +308,10 @@ async def test_health_turns_not_serving_on_shutdown_and_watch_ends_ok(
         stopping = asyncio.create_task(server.stop())
         second = await asyncio.wait_for(watch.read(), 5)
         assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        assert await asyncio.wait_for(watch.read(), 5) is grpc.aio.EOF
+        assert await asyncio.wait_for(watch.read(), 5) is EOF
         assert await watch.code() == grpc.StatusCode.OK
         await asyncio.wait_for(stopping, 10)
-        await channel.close()
+        await channel.close(None)
 
 
 async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:

@@ -25,6 +25,7 @@ async def test_silent_instance_turns_unhealthy_then_expires_and_watchers_see_it(
         stub = pb_grpc.DiscoveryServiceStub(channel)
         watch = stub.Watch(pb.WatchRequest(service_names=["game"]))
         snapshot = await watch.read()
+        assert isinstance(snapshot, pb.WatchResponse)
         assert snapshot.reset
         assert list(snapshot.events) == []
         loop = asyncio.get_running_loop()
@@ -34,6 +35,7 @@ async def test_silent_instance_turns_unhealthy_then_expires_and_watchers_see_it(
         async with asyncio.timeout(5):
             while not seen or seen[-1][0] != DELETE:
                 message = await watch.read()
+                assert isinstance(message, pb.WatchResponse)
                 for event in message.events:
                     seen.append((event.type, event.instance.status, loop.time() - started))
         kinds = [(kind, status) for kind, status, _ in seen]

@@ -15,7 +15,7 @@ import pytest
 from discovery.testing import ServerProcess
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import AUTH, GRPC_AUTH, SECRET, registration
+from tests.conftest import AUTH, EOF, GRPC_AUTH, SECRET, registration
 
 ENV = {"SERVICE_DISCOVERY_SECRET": SECRET}
 
@@ -123,14 +123,16 @@ async def test_sigterm_with_open_streams_ends_them_and_exits_0_promptly(
     ):
         stub = pb_grpc.DiscoveryServiceStub(channel)
         watch = stub.Watch(pb.WatchRequest())
-        assert (await watch.read()).reset
+        first = await watch.read()
+        assert isinstance(first, pb.WatchResponse)
+        assert first.reset
         lines = sse.aiter_lines()
         assert "RESET" in await anext(line async for line in lines if line.startswith("data:"))
         loop = asyncio.get_running_loop()
         started = loop.time()
         running.proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(6):
-            while (await watch.read()) is not grpc.aio.EOF:
+            while (await watch.read()) is not EOF:
                 pass
             assert await watch.code() == grpc.StatusCode.OK
             async for _ in lines:  # the SSE stream ends too

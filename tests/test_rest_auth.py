@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -72,7 +73,7 @@ async def test_an_oversized_body_may_get_413_first(rest: httpx.AsyncClient) -> N
 
 
 async def test_an_oversized_chunked_body_gets_413(rest: httpx.AsyncClient) -> None:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(80):
             yield b"x" * 1024
 

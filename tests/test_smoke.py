@@ -3,13 +3,10 @@ from __future__ import annotations
 import httpx
 
 from discovery.v1 import discovery_pb2 as pb
-from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import AUTH, GRPC_AUTH, registration
+from tests.conftest import AUTH, GRPC_AUTH, Stub, registration
 
 
-async def test_register_over_rest_seen_over_grpc(
-    rest: httpx.AsyncClient, stub: pb_grpc.DiscoveryServiceStub
-) -> None:
+async def test_register_over_rest_seen_over_grpc(rest: httpx.AsyncClient, stub: Stub) -> None:
     response = await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
     assert response.status_code == 200
     reply = await stub.GetService(pb.GetServiceRequest(service_name="game"))

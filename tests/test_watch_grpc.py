@@ -12,7 +12,7 @@ import pytest
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import GRPC_AUTH, ServerFactory, add
+from tests.conftest import GRPC_AUTH, ServerFactory, Stub, add
 
 WatchCall = grpc.aio.UnaryStreamCall[pb.WatchRequest, pb.WatchResponse]
 PUT, DELETE = pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_DELETE
@@ -41,9 +41,7 @@ async def channel(server: DiscoveryServer) -> AsyncIterator[grpc.aio.Channel]:
         yield channel
 
 
-async def test_snapshot_then_live_events(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
-) -> None:
+async def test_snapshot_then_live_events(server: DiscoveryServer, stub: Stub) -> None:
     await add(server, "game", "game-1")
     await add(server, "game", "game-2", metadata={"zone": "eu"})
     call = stub.Watch(pb.WatchRequest())  # reads need no credentials
@@ -78,16 +76,14 @@ async def test_snapshot_then_live_events(
 
 
 async def test_headers_arrive_at_once_on_a_quiet_stream(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
+    server: DiscoveryServer, stub: Stub
 ) -> None:
     call = stub.Watch(pb.WatchRequest(start_revision=server.core.registry.revision))
     assert await asyncio.wait_for(call.initial_metadata(), 2) is not None
     call.cancel()
 
 
-async def test_a_large_snapshot_comes_in_chunks(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
-) -> None:
+async def test_a_large_snapshot_comes_in_chunks(server: DiscoveryServer, stub: Stub) -> None:
     for n in range(1_500):
         await add(server, "game", f"game-{n}", port=1 + n)
     await add(server, "chat", "chat-1")
@@ -102,9 +98,7 @@ async def test_a_large_snapshot_comes_in_chunks(
     call.cancel()
 
 
-async def test_every_change_once_in_revision_order(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
-) -> None:
+async def test_every_change_once_in_revision_order(server: DiscoveryServer, stub: Stub) -> None:
     await add(server, "game", "game-1")
     call = stub.Watch(pb.WatchRequest())
     seen = (await read(call)).revision
@@ -126,7 +120,7 @@ async def test_every_change_once_in_revision_order(
 
 
 async def test_healthy_only_sees_leaving_as_delete_and_coming_back_as_put(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
+    server: DiscoveryServer, stub: Stub
 ) -> None:
     await add(server, "game", "game-1")
     call = stub.Watch(pb.WatchRequest(healthy_only=True))
@@ -143,7 +137,7 @@ async def test_healthy_only_sees_leaving_as_delete_and_coming_back_as_put(
 
 
 async def test_resume_sends_the_missed_changes_without_reset(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
+    server: DiscoveryServer, stub: Stub
 ) -> None:
     await add(server, "game", "game-1")
     first = stub.Watch(pb.WatchRequest())
@@ -230,7 +224,8 @@ async def test_a_stuck_watcher_never_holds_up_the_others(make_server: ServerFact
             await read(stuck)  # then never reads while thousands of changes happen
             reader = stub.Watch(pb.WatchRequest())
             seen = (await read(reader)).revision
-            start, revisions, most = seen, [], 0
+            start, most = seen, 0
+            revisions: list[int] = []
             padding = {"padding": "x" * 1000}
             for n in range(3_000):
                 await add(server, "game", f"game-{n % 100}", port=1 + n, metadata=padding)
@@ -282,7 +277,7 @@ async def test_shutdown_ends_every_stream_with_status_ok(make_server: ServerFact
         await server_context.__aexit__(None, None, None)
 
 
-async def test_bad_service_name_is_invalid_argument(stub: pb_grpc.DiscoveryServiceStub) -> None:
+async def test_bad_service_name_is_invalid_argument(stub: Stub) -> None:
     call = stub.Watch(pb.WatchRequest(service_names=["game", "no spaces"]))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call.read()
@@ -290,9 +285,7 @@ async def test_bad_service_name_is_invalid_argument(stub: pb_grpc.DiscoveryServi
     assert "service_names" in (caught.value.details() or "")
 
 
-async def test_a_cancelled_stream_leaves_the_hub(
-    server: DiscoveryServer, stub: pb_grpc.DiscoveryServiceStub
-) -> None:
+async def test_a_cancelled_stream_leaves_the_hub(server: DiscoveryServer, stub: Stub) -> None:
     calls = [stub.Watch(pb.WatchRequest(service_names=["game"])) for _ in range(3)]
     for call in calls:
         await read(call)

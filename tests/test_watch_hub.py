@@ -244,7 +244,9 @@ def test_close_ends_every_watcher_and_refuses_new_ones() -> None:
 
 def test_closed_watchers_leave_the_hub() -> None:
     _registry, hub, _ = hub_on_fake_clock()
-    watchers = [hub.watch(WatchSelector(frozenset({"a", "b"}), healthy_only=h)) for h in (0, 1)]
+    watchers = [
+        hub.watch(WatchSelector(frozenset({"a", "b"}), healthy_only=h)) for h in (False, True)
+    ]
     watchers.append(hub.watch(ALL))
     assert len(hub) == 3
     for watcher in watchers:

@@ -104,7 +104,7 @@ class Bare:
             self.watchers.discard(mailbox)
 
 
-def handlers(bare: Bare) -> grpc.GenericRpcHandler:
+def handlers(bare: Bare) -> grpc.GenericRpcHandler[Any, Any]:
     unary = grpc.unary_unary_rpc_method_handler
     methods = {
         "Register": unary(
