@@ -11,6 +11,7 @@ from gateway_rest import errors
 from gateway_rest.guard import WriteGuard
 from gateway_rest.hot import HotPaths
 from gateway_rest.routers import health_router, router
+from gateway_rest.routing import RouteTable
 from gateway_rest.sse import router as watch_router
 from gateway_rest.ui import build_router as build_ui_router
 
@@ -29,8 +30,9 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     app.include_router(build_ui_router())
     errors.install(app)
     # Starlette runs the last added outermost: the guard first, then the hot paths.
-    app.add_middleware(HotPaths, core=core, routes=app.routes)
-    app.add_middleware(WriteGuard, auth=core.auth, routes=app.routes)
+    routes = RouteTable(app.routes)
+    app.add_middleware(HotPaths, core=core, routes=routes)
+    app.add_middleware(WriteGuard, auth=core.auth, routes=routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -8,9 +8,8 @@ the routes declared with `openapi_extra=routing.WRITE` (see `gateway_rest.routin
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from discovery.core.auth import Authenticator
@@ -27,12 +26,12 @@ class WriteGuard:
         self,
         app: ASGIApp,
         auth: Authenticator,
-        routes: Sequence[BaseRoute],
+        routes: RouteTable,
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
         self.auth = auth
-        self.routes = RouteTable(routes)
+        self.routes = routes
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -43,7 +42,8 @@ class WriteGuard:
         if length is not None and length > self.max_body:
             await _reply(send, 413, {"detail": "Request body too large"})
             return
-        if not self.routes.is_write(scope):
+        found = self.routes.find(scope)
+        if found is None or not found[0].write:
             await self.app(scope, receive, send)
             return
         try:

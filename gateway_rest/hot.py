@@ -18,12 +18,11 @@ definition of the API (paths, OpenAPI, validation errors, status codes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from discovery.core.errors import DiscoveryError
@@ -60,11 +59,12 @@ _READS: dict[Callable[..., Any], Version] = {
 class HotPaths:
     """Answers heartbeats and discovery reads through their endpoints; passes the rest on."""
 
-    def __init__(self, app: ASGIApp, core: DiscoveryCore, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, core: DiscoveryCore, routes: RouteTable) -> None:
         self.app = app
         self.core = core
-        self.routes = RouteTable(routes)
+        self.routes = routes
         self._cache: dict[tuple[Any, ...], tuple[int, bytes]] = {}
+        self._ok = _encode(routers.HEARTBEAT_OK)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (found := self.routes.find(scope)) is not None:
@@ -98,6 +98,8 @@ class HotPaths:
             answer = await routers.heartbeat(request, self.core)
         except (ValidationError, DiscoveryError):
             return None
+        if answer is routers.HEARTBEAT_OK:
+            return self._ok
         return answer if isinstance(answer, Response) else _encode(answer)
 
     async def _read(

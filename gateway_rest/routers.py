@@ -33,6 +33,10 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: The heartbeat's answer, one object: the fast path sends it pre-encoded (gateway_rest.hot).
+HEARTBEAT_OK = Outcome(success=True, message="Heartbeat updated successfully")
+
+
 async def get_core(request: Request) -> DiscoveryCore:
     # async: a plain `def` dependency would be run in a worker thread on every request.
     core: DiscoveryCore = request.app.state.core
@@ -77,7 +81,7 @@ async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONRespons
         return JSONResponse(  # the legacy 404 shape: not {"detail": ...}
             status_code=404, content={"success": False, "message": "Service not found"}
         )
-    return Outcome(success=True, message="Heartbeat updated successfully")
+    return HEARTBEAT_OK
 
 
 @router.delete(
