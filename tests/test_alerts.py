@@ -4,7 +4,6 @@ changes nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -136,7 +135,6 @@ async def test_raise_stay_in_the_band_and_clear(
         assert (await record(client, "game-1"))["critical_load"] is False
         await probes(fleet, 3)
         await eventually(lambda: has_posts(hook, 2))
-        await asyncio.sleep(0.1)
 
     assert alert_lines(caplog) == [
         (logging.WARNING, "Critical load: game:game-1 at 0.85 (threshold 0.80)"),
@@ -245,7 +243,6 @@ async def test_a_dead_webhook_changes_nothing_else(
             assert len(await healthy_ids(client)) == 5
             assert time.monotonic() - started < 0.25
         hits = len(fleet.hits)
-        await asyncio.sleep(1.0)
-        assert len(fleet.hits) - hits >= 5 * 3
+        await eventually(lambda: len(fleet.hits) - hits >= 5 * 3)  # not stalled by the hook
         assert server.core.webhook is not None
         assert server.core.webhook.delivered == 0

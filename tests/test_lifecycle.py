@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import httpx
 
+from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import AUTH, ServerFactory, registration
+
+SERVICE = "/v1/discovery/services/game"
 
 PUT, DELETE = pb.EVENT_TYPE_PUT, pb.EVENT_TYPE_DELETE
 
@@ -55,13 +59,13 @@ async def test_heartbeats_keep_an_instance_healthy_and_registered_past_its_ttl(
     make_server: ServerFactory,
 ) -> None:
     async with (
-        make_server(heartbeat_interval=0.2, registration_ttl=0.6) as server,
+        make_server(heartbeat_interval=0.25, registration_ttl=2.0) as server,
         httpx.AsyncClient(base_url=server.rest_url) as rest,
     ):
         await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
         beat = {"service_name": "game", "instance_id": "game-1"}
-        for _ in range(12):  # 1.8 s: three TTLs
-            await asyncio.sleep(0.15)
+        for _ in range(10):  # 2.5 s, past the TTL; each beat well within it, even when slow
+            await asyncio.sleep(0.25)
             response = await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)
             assert response.status_code == 200
             healthy = (await rest.get("/v1/discovery/services/game/healthy")).json()
@@ -87,15 +91,26 @@ async def test_a_probed_instance_expires_too_even_if_it_answers_its_probes(
     port = target.sockets[0].getsockname()[1]
     async with (
         target,
-        make_server(health_check_interval=0.1, registration_ttl=1.0) as server,
+        make_server(health_check_interval=0.1, registration_ttl=2.0) as server,
         httpx.AsyncClient(base_url=server.rest_url) as rest,
     ):
         body = registration(port=port, health_endpoint="/health")
         await rest.post("/v1/discovery/register", json=body, headers=AUTH)
-        await asyncio.sleep(0.5)
-        record = (await rest.get("/v1/discovery/services/game")).json()["instances"][0]
-        assert record["status"] == "healthy"
+
+        async def game_1() -> dict[str, Any]:
+            found: dict[str, Any] = (await rest.get(SERVICE)).json()["instances"][0]
+            return found
+
+        async def healthy() -> bool:
+            return bool((await game_1())["status"] == "healthy")
+
+        await eventually(healthy, within=1.5)
+        record = await game_1()
         assert record["load_percentage"] == 0.2
         assert record["last_health_check"] is not None
-        await asyncio.sleep(1.2)  # probes go on, but probes do not extend the TTL
-        assert (await rest.get("/v1/discovery/services/game")).status_code == 404
+
+        # Probes go on, but probes do not extend the TTL.
+        async def expired() -> bool:
+            return (await rest.get(SERVICE)).status_code == 404
+
+        await eventually(expired)

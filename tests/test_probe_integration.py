@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -223,14 +222,14 @@ async def test_hung_instances_never_delay_the_others(
             await register(client, instance=f"hung-{n}", **fleet.at(f"/hung-{n}"))
         for n in range(4):
             await register(client, instance=f"ok-{n}", **fleet.at(f"/ok-{n}"))
-        await asyncio.sleep(2.0)
         # Three slots are held by hung probes for 1.5 s each; the fourth keeps the rest
-        # on their 0.2 s interval.
-        for n in range(4):
-            assert len(fleet.times(f"/ok-{n}")) >= 7, fleet.hits
+        # on their 0.2 s interval: 7 probes each take 1.4 s, not the 10 s of a blocked pool.
+        await eventually(
+            lambda: all(len(fleet.times(f"/ok-{n}")) >= 7 for n in range(4)), within=5.0
+        )
         assert sorted(await healthy_ids(client)) == [f"ok-{n}" for n in range(4)]
-        for n in range(3):
-            assert (await record(client, f"hung-{n}"))["status"] == "unhealthy"
+        for name in [f"hung-{n}" for n in range(3)]:
+            await eventually(lambda: status_is(client, name, "unhealthy"))  # noqa: B023  # awaited here
 
 
 async def test_loads_from_probes(
@@ -284,7 +283,10 @@ async def test_a_moved_instance_is_probed_at_once(
         hits = len(fleet.times("/health"))
         await register(client, instance="game-1", **fleet.at("/health"))
         assert await healthy_ids(client) == ["game-1"]
-        await asyncio.sleep(0.3)
+        # A new instance is probed at once: once its probe is seen, one for game-1 would be too.
+        fleet.answer("/marker", 200, "OK")
+        await register(client, instance="marker", **fleet.at("/marker"))
+        await eventually(lambda: fleet.count("/marker") == 1)
         assert len(fleet.times("/health")) == hits
 
 
@@ -294,9 +296,12 @@ async def test_heartbeat_only_instances_are_not_probed(
     async with serving(make_server, health_check_interval=0.2) as (_, client):
         body = registration(instance="game-1", port=fleet.port, health_endpoint=None)
         await client.post("/v1/discovery/register", json=body, headers=AUTH)
-        await asyncio.sleep(0.5)
-        assert fleet.hits == []
-        assert await healthy_ids(client) == ["game-1"]
+        # A probed instance registered after it, seen probed twice: rounds went by.
+        fleet.answer("/marker", 200, "OK")
+        await register(client, instance="marker", **fleet.at("/marker"))
+        await eventually(lambda: fleet.count("/marker") >= 2)
+        assert {path for _, path in fleet.hits} == {"/marker"}
+        assert sorted(await healthy_ids(client)) == ["game-1", "marker"]
 
 
 async def test_cookies_are_neither_kept_nor_sent(fleet: FakeInstances, prober: HttpProber) -> None:

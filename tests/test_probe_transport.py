@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from discovery.core.health.transport import SpreadTransport
+from discovery.testing import eventually
 from tests.instances import FakeInstances, closed_port, fake_instances
 
 
@@ -55,8 +56,7 @@ async def test_failures_and_cancellation_free_the_pool(fleet: FakeInstances) -> 
             await http.get(f"http://127.0.0.1:{closed_port()}/")
         assert transport.available == 2
         hung = asyncio.create_task(http.get(f"http://127.0.0.1:{fleet.port}/hang"))
-        await asyncio.sleep(0.1)
-        assert transport.available == 1
+        await eventually(lambda: transport.available == 1)
         hung.cancel()
         with pytest.raises(asyncio.CancelledError):
             await hung
