@@ -20,7 +20,7 @@ from discovery.core.health.probe import ProbeResult, ProbeTarget
 from discovery.core.model import HealthStatus, Instance, Registration
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
-from discovery.testing import FakeClock, test_settings
+from discovery.testing import FakeClock, eventually, test_settings
 
 PASS = ProbeResult(True, "HTTP 200")
 FAIL = ProbeResult.failure("HTTP 503")
@@ -463,11 +463,7 @@ async def test_the_run_loop_survives_a_failing_step(
     task = asyncio.create_task(rig.monitor.run())
     try:
         instance = rig.register(9001)
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if instance.status is HealthStatus.HEALTHY:
-                break
-        assert instance.status is HealthStatus.HEALTHY
+        await eventually(lambda: instance.status is HealthStatus.HEALTHY)
         assert "Health monitor step failed" in caplog.text
     finally:
         task.cancel()
