@@ -1,4 +1,4 @@
-"""`GET /v1/discovery/watch`: the Watch stream as Server-Sent Events (CONTRACT section 6).
+"""`GET /v1/discovery/watch`: the Watch stream as Server-Sent Events.
 
 Each SSE event's `data:` is one JSON object: `{"type": "PUT" | "DELETE", "revision": n,
 "instance": {record}}` for an instance, `{"type": "RESET" | "SYNCED" | "PROGRESS", "revision": n}`

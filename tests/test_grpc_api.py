@@ -1,4 +1,4 @@
-"""The unary part of CONTRACT section 5 against a real in-process gRPC server on port 0."""
+"""The unary RPCs of discovery.v1, gRPC health and reflection, on a real in-process server."""
 
 from __future__ import annotations
 

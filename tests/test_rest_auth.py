@@ -1,4 +1,4 @@
-"""CONTRACT section 2 over REST: who may write, what a refusal looks like, and when it comes."""
+"""The write secret over REST: who may write, what a refusal looks like, and when it comes."""
 
 from __future__ import annotations
 

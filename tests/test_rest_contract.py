@@ -1,4 +1,4 @@
-"""Every row of the REST contract (CONTRACT section 3) against a real in-process server."""
+"""Every row of the legacy REST API (statuses, shapes, headers) against a real in-process server."""
 
 from __future__ import annotations
 

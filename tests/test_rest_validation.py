@@ -1,4 +1,4 @@
-"""CONTRACT section 3 validation: each rule positive and negative, 422 naming the field.
+"""Input validation over REST: each rule positive and negative, 422 naming the field.
 
 The matrix runs against the ASGI app in-process (same guard, routes and schemas as the server).
 """

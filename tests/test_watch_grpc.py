@@ -1,4 +1,4 @@
-"""Watch over gRPC against CONTRACT section 5, on a real in-process server."""
+"""Watch over gRPC (snapshot, resume, progress, filters), on a real in-process server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The watch hub against CONTRACT section 5, one rule per test, without a network."""
+"""The watch hub, one rule per test, without a network."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Model test: random registry histories with watchers connecting, reading and reconnecting at
-random points; every message obeys CONTRACT section 5 and every watcher ends with the registry's
+random points; every message obeys the Watch stream rules and every watcher ends with the registry's
 view. Hub-level on a fake clock, with tiny limits so resets, chunking and resumes all happen."""
 
 from __future__ import annotations

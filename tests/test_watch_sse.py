@@ -1,4 +1,4 @@
-"""The HTTP watch (Server-Sent Events) against CONTRACT section 6, on a real in-process server.
+"""The HTTP watch (Server-Sent Events), on a real in-process server.
 
 httpx.ASGITransport buffers whole bodies, so these tests read the stream over a real socket."""
 

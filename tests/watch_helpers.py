@@ -1,5 +1,5 @@
 """Helpers for watch tests: a registry with a hub on a fake clock, and a client-side view that
-applies watch messages by the rules of CONTRACT section 5 and fails on any message breaking them."""
+applies watch messages by the rules of the Watch stream and fails on any message breaking them."""
 
 from __future__ import annotations
 

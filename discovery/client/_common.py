@@ -41,7 +41,7 @@ class NoInstanceAvailable(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class ServiceInstance:
-    """An instance as the client sees it (see CONTRACT section 3 for the fields)."""
+    """An instance as the client sees it (the fields of the `Instance` message)."""
 
     service_name: str
     instance_id: str

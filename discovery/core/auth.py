@@ -1,4 +1,4 @@
-"""The write-secret check shared by the gRPC interceptor and the REST guard."""
+"""The write-secret check shared by the gRPC servicer (in each write handler) and the REST guard."""
 
 from __future__ import annotations
 

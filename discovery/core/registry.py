@@ -1,8 +1,9 @@
-"""The in-memory store: instances, the revision counter, change history, TTL and liveness.
+"""The in-memory read model: instances, the revision counter, TTL and liveness.
 
-Every change a watcher can see goes through `_publish`, which raises the revision by one, records
-the change in the history and hands it to the listeners (watch hub, alerts, monitor). The registry
-is used from one event loop only and never awaits, so each operation is atomic.
+Every change a watcher can see goes through `_publish`, which raises the revision by one and hands
+the change to the listeners (the watch hub, which keeps recent changes for resumes, and the alert
+book); the health monitor learns what to probe through `probes`. The registry is used from one
+event loop only and never awaits, so each operation is atomic.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class WatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class WatchBatch:
-    """One message of a watch stream (CONTRACT section 5).
+    """One message of a watch stream (a gRPC `WatchResponse`, or SSE events).
 
     `revision` is what the client has now been told everything up to: the snapshot's revision on
     every snapshot message, otherwise the last event's revision, or the current revision on a
