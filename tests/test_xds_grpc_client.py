@@ -19,6 +19,7 @@ from discovery.testing import ServerProcess, eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.certs import make_certificates
+from tests.conftest import Stub
 
 SERVICE = "echo"
 CLIENT = Path(__file__).with_name("xds_grpc_client.py")
@@ -145,9 +146,11 @@ async def test_grpc_xds_client_follows_the_healthy_set(
             await stub.Register(backend.registration())
         await stub.Register(b2.registration())
         # b2 is kept alive by a KeepAlive stream: breaking it turns b2 unhealthy at once.
-        keepalive = stub.KeepAlive()
+        keepalive = stub.KeepAlive(None)
         await keepalive.write(pb.KeepAliveRequest(service_name=SERVICE, instance_id="b2"))
-        assert (await keepalive.read()).code == 0
+        ack = await keepalive.read()
+        assert isinstance(ack, pb.KeepAliveResponse)
+        assert ack.code == 0
 
         client = await Client.start(process.grpc_port)
         try:
@@ -210,7 +213,7 @@ async def test_grpc_xds_client_over_mutual_tls(backends: list[Backend], tmp_path
             await client.stop()
 
 
-async def weights_steer_calls(stub: pb_grpc.DiscoveryServiceStub, client: Client) -> None:
+async def weights_steer_calls(stub: Stub, client: Client) -> None:
     """ring_hash follows the endpoint weights: b1 at load 0.99 (weight 1, the others 100) gets
     about 0.5% of the calls (rings are random per call here: no hash policy)."""
     load = pb.HeartbeatRequest(service_name=SERVICE, instance_id="b1", load_percentage=0.99)
@@ -225,6 +228,6 @@ async def weights_steer_calls(stub: pb_grpc.DiscoveryServiceStub, client: Client
     await stub.Heartbeat(load)
 
 
-async def _status(stub: pb_grpc.DiscoveryServiceStub, instance: str, status: int) -> bool:
+async def _status(stub: Stub, instance: str, status: int) -> bool:
     response = await stub.GetService(pb.GetServiceRequest(service_name=SERVICE))
     return any(i.instance_id == instance and i.status == status for i in response.instances)
