@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from discovery.server import DiscoveryServer
+from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.conftest import GRPC_AUTH, ServerFactory, Stub, add
@@ -292,8 +293,4 @@ async def test_a_cancelled_stream_leaves_the_hub(server: DiscoveryServer, stub: 
     assert len(server.core.watch_hub) == 3
     for call in calls:
         call.cancel()
-    for _ in range(500):  # the server notices within moments
-        if not len(server.core.watch_hub):
-            break
-        await asyncio.sleep(0.01)
-    assert len(server.core.watch_hub) == 0
+    await eventually(lambda: len(server.core.watch_hub) == 0)  # the server notices at once
