@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from discovery.core.errors import DiscoveryError
 from discovery.core.facade import DiscoveryCore
+from discovery.core.metrics import REST
 from gateway_rest.guard import read_body, replay
 from gateway_rest.schemas import (
     HealthyResponse,
@@ -33,9 +34,13 @@ from gateway_rest.schemas import (
     ServiceResponse,
     ServicesResponse,
 )
+from gateway_rest.timing import ROUTE
 
 _SERVICES = "/v1/discovery/services"
 _HEARTBEAT = "/v1/discovery/heartbeat"
+# The route templates of the answers given here (for the request-duration histogram).
+_SERVICE = _SERVICES + "/{service_name}"
+_HEALTHY = _SERVICE + "/healthy"
 _HEARTBEAT_OK = Outcome(success=True, message="Heartbeat updated successfully")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 #: Encoded answers kept (per kind); past this the oldest are dropped.
@@ -55,8 +60,9 @@ class HotPaths:
         if scope["type"] == "http":
             method, path = scope["method"], scope["path"]
             if method == "GET" and path.startswith(_SERVICES):
-                body = self._read(path)
-                if body is not None:
+                answer = self._read(path)
+                if answer is not None:
+                    scope[ROUTE], body = answer
                     await _reply(send, body)
                     return
             elif method == "POST" and path == _HEARTBEAT:
@@ -69,6 +75,7 @@ class HotPaths:
     async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await read_body(receive, limit=None)
         if _is_json(scope) and self._beat(body):
+            scope[ROUTE] = _HEARTBEAT
             await _reply(send, self._ok)
         else:
             await self.app(scope, replay(body or b"", receive), send)
@@ -77,18 +84,21 @@ class HotPaths:
         """Apply a plainly valid heartbeat; False leaves the request to the route."""
         try:
             request = HeartbeatRequest.model_validate_json(body or b"")
-            self.core.heartbeat(request.service_name, request.instance_id, request.load_percentage)
+            self.core.heartbeat(
+                request.service_name, request.instance_id, request.load_percentage, REST
+            )
         except (ValidationError, DiscoveryError):
             return False
         return True
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _read(self, path: str) -> bytes | None:
-        """The encoded answer to a discovery read, or None for the routes to answer."""
+    def _read(self, path: str) -> tuple[str, bytes] | None:
+        """The route template and encoded answer of a discovery read, or None for the routes
+        to answer."""
         core = self.core
         if path == _SERVICES:
-            return self._cached("all", "", core.version, self._all)
+            return _SERVICES, self._cached("all", "", core.version, self._all)
         if not path.startswith(_SERVICES + "/"):
             return None
         name, slash, rest = path[len(_SERVICES) + 1 :].partition("/")
@@ -98,9 +108,9 @@ class HotPaths:
         if not slash:
             if version == 0:
                 return None  # the route's 404
-            return self._cached("service", name, version, lambda: self._service(name))
+            return _SERVICE, self._cached("service", name, version, lambda: self._service(name))
         if rest == "healthy":
-            return self._cached("healthy", name, version, lambda: self._healthy(name))
+            return _HEALTHY, self._cached("healthy", name, version, lambda: self._healthy(name))
         return None
 
     def _cached(self, kind: str, name: str, version: int, build: Callable[[], bytes]) -> bytes:

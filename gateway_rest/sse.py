@@ -22,6 +22,7 @@ from pydantic import AfterValidator
 from discovery.core import validation
 from discovery.core.errors import InvalidArgument, ShuttingDown
 from discovery.core.facade import DiscoveryCore
+from discovery.core.metrics import SSE
 from discovery.core.watch.hub import WatchBatch, WatchEvent, WatchSelector
 from gateway_rest.routers import Core
 from gateway_rest.schemas import InstanceRecord
@@ -79,7 +80,7 @@ def _revision(last_event_id: str | None) -> int | None:
 async def _stream(core: DiscoveryCore, selector: WatchSelector) -> AsyncIterator[bytes]:
     # Subscribing here rather than in the route: the generator's finally is then sure to run.
     try:
-        watcher = core.watch(selector)
+        watcher = core.watch(selector, SSE)
     except ShuttingDown:
         return
     try:

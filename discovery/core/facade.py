@@ -21,6 +21,7 @@ from discovery.core.health.monitor import HealthMonitor
 from discovery.core.health.webhook import WebhookSink
 from discovery.core.keepalive import KeepAliveSessions
 from discovery.core.load import ProcessLoad
+from discovery.core.metrics import GRPC, Metrics, ServiceCensus, census
 from discovery.core.model import Alert, Instance, Registration
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
@@ -50,11 +51,13 @@ class DiscoveryCore:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.store: Store = store or MemoryStore()
-        self.registry = Registry(settings, self.clock)
+        self.metrics = Metrics()
+        self.registry = Registry(settings, self.clock, self.metrics)
         self.auth = Authenticator(settings.secret)
         self.alert_book = AlertBook(settings.critical_load_threshold, self.clock.time)
         self.registry.subscribe(self.alert_book)
-        self.monitor = HealthMonitor(settings, self.registry, self.clock)
+        self.alert_book.add_sink(self.metrics.alert)
+        self.monitor = HealthMonitor(settings, self.registry, self.clock, metrics=self.metrics)
         self.registry.probes = self.monitor
         self.webhook: WebhookSink | None = None
         if settings.alert_webhook_url:
@@ -64,19 +67,21 @@ class DiscoveryCore:
         self.shutting_down = False
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self.watch_hub = WatchHub(self.registry, settings)
+        self.watch_hub = WatchHub(self.registry, settings, self.metrics)
         self.on_shutdown(self.watch_hub.close)
         self.keepalive = KeepAliveSessions(self)
 
     # -- writes (callers have authenticated and validated) ----------------------------------
+    # `via` names the protocol a write came in by (`discovery.core.metrics`), for the counts.
 
-    async def register(self, registration: Registration) -> Registered:
+    async def register(self, registration: Registration, via: str = GRPC) -> Registered:
         """Add or update an instance once the store has it; `LimitExceeded` or
         `StoreUnavailable` leave the registry as it was."""
         self.registry.check_limits(registration)
         record = self.registry.record_of(registration)
         await self.store.put(record)
         instance, created = self.registry.register(registration, record.registered_at)
+        self.metrics.registrations[via] += 1
         if created:
             log.info(
                 "Registered %s:%s at %s:%s",
@@ -87,14 +92,20 @@ class DiscoveryCore:
             )
         return Registered(instance, created)
 
-    def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
-        return self.registry.heartbeat(service_name, instance_id, load)
+    def heartbeat(
+        self, service_name: str, instance_id: str, load: float | None = None, via: str = GRPC
+    ) -> Instance:
+        """Record a heartbeat (and a pushed load); `InstanceNotFound` when unknown."""
+        instance = self.registry.heartbeat(service_name, instance_id, load)
+        self.metrics.heartbeats[via] += 1
+        return instance
 
-    async def unregister(self, service_name: str, instance_id: str) -> Instance:
+    async def unregister(self, service_name: str, instance_id: str, via: str = GRPC) -> Instance:
         """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown."""
         self.registry.require(service_name, instance_id)
         await self.store.delete(service_name, instance_id)
         instance = self.registry.unregister(service_name, instance_id)
+        self.metrics.unregistrations[via] += 1
         log.info("Unregistered %s:%s", service_name, instance_id)
         return instance
 
@@ -130,10 +141,14 @@ class DiscoveryCore:
         """The healthy instances of one service (empty when the service is unknown)."""
         return self.registry.healthy(service_name)
 
-    def watch(self, selector: WatchSelector) -> Watcher:
+    def watch(self, selector: WatchSelector, via: str = GRPC) -> Watcher:
         """Open a watcher; `ShuttingDown` once shutdown has begun."""
         self.check_serving()
-        return self.watch_hub.watch(selector)
+        return self.watch_hub.watch(selector, via)
+
+    def census(self) -> dict[str, ServiceCensus]:
+        """Every service's instances counted by status and critical load (for the gauges)."""
+        return census(self.registry.services())
 
     def alerts(self) -> list[Alert]:
         return self.alert_book.alerts()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from discovery.core import validation
+from discovery.core.metrics import KEEPALIVE
 from discovery.core.model import Instance
 
 Key = tuple[str, str]
@@ -35,8 +36,10 @@ class KeepAliveCore(Protocol):
     def on_shutdown(self, hook: Callable[[], None]) -> None:
         """Call `hook` when shutdown begins."""
 
-    def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
-        """Record a heartbeat; `InstanceNotFound` when unknown."""
+    def heartbeat(
+        self, service_name: str, instance_id: str, load: float | None = None, via: str = ...
+    ) -> Instance:
+        """Record a heartbeat that came in by `via`; `InstanceNotFound` when unknown."""
 
     def sever(self, keys: list[Key]) -> None:
         """These instances lost the stream that kept them alive."""
@@ -88,7 +91,7 @@ class KeepAliveSession:
         then.
         """
         load = validation.heartbeat(service_name, instance_id, load)
-        instance = self._core.heartbeat(service_name, instance_id, load)
+        instance = self._core.heartbeat(service_name, instance_id, load, KEEPALIVE)
         key = instance.key
         if detach:
             if key in self._held:

@@ -17,6 +17,7 @@ from discovery.core.critical_load import CriticalLoadPolicy
 from discovery.core.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
 from discovery.core.interning import MetadataPool, name
 from discovery.core.liveness import Deadlines
+from discovery.core.metrics import HEARTBEAT_GRACE, STREAM_BROKEN, TTL, Metrics
 from discovery.core.model import Change, EventType, HealthStatus, Instance, Registration
 from discovery.core.settings import Settings
 
@@ -50,9 +51,10 @@ class _NoProbes:
 class Registry:
     """Registered instances by service, in registration order."""
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    def __init__(self, settings: Settings, clock: Clock, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._clock = clock
+        self._expirations = (metrics or Metrics()).expirations
         self._policy = CriticalLoadPolicy.from_settings(settings)
         self._services: dict[str, dict[str, Instance]] = {}
         self._count = 0
@@ -226,6 +228,7 @@ class Registry:
                 continue
             self._severed.add(instance)
             self._beating.discard(instance)
+            self._expirations[STREAM_BROKEN] += 1
             healthy_before = instance.healthy
             instance.status = HealthStatus.UNHEALTHY
             self._settle(instance, healthy_before)
@@ -245,7 +248,9 @@ class Registry:
                 ttl,
             )
             self._remove(instance)
+            self._expirations[TTL] += 1
         for instance in self._beating.silent_since(now - self._settings.heartbeat_grace):
+            self._expirations[HEARTBEAT_GRACE] += 1
             instance.status = HealthStatus.UNHEALTHY
             self._settle(instance, healthy_before=True)
         return self._next_deadline(now)

@@ -22,6 +22,7 @@ import grpc
 from discovery.core.errors import DiscoveryError
 from discovery.core.facade import DiscoveryCore
 from discovery.core.keepalive import KeepAliveSession
+from discovery.core.metrics import GRPC
 from discovery.core.watch.hub import WatchBatch, WatchEvent, WatchSelector
 from discovery.rpc.codec import EVENT_TO_PB, InstanceMessages, instance_to_pb
 from discovery.rpc.status import authorization, status_for
@@ -88,7 +89,7 @@ async def watch(servicer: StreamServicer, request: pb.WatchRequest, context: Con
         selector = WatchSelector.checked(
             request.service_names, request.healthy_only, request.start_revision
         )
-        watcher = core.watch(selector)
+        watcher = core.watch(selector, GRPC)
     except DiscoveryError as exc:
         await context.abort(status_for(exc), exc.message)
     try:

@@ -24,6 +24,7 @@ import itertools
 from collections import deque
 
 from discovery.core.errors import ShuttingDown
+from discovery.core.metrics import GRPC, WATCH_PROTOCOLS, Metrics
 from discovery.core.model import Change, EventType
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
@@ -75,8 +76,13 @@ def _alone(event: WatchEvent) -> WatchBatch:
 class WatchHub:
     """Watchers over one registry. Used from the registry's event loop only."""
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self, registry: Registry, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
         self._registry = registry
+        self._metrics = metrics or Metrics()
+        #: Open watchers by protocol (the `discovery_watchers` gauge).
+        self.open_watchers = dict.fromkeys(WATCH_PROTOCOLS, 0)
         self.max_backlog = settings.watch_max_backlog
         self.pacer = ProgressPacer(settings.watch_progress_interval)
         self.closed = False
@@ -101,17 +107,23 @@ class WatchHub:
         """How many watchers are open."""
         return len(self.watchers())
 
-    def watch(self, selector: WatchSelector) -> Watcher:
+    def watch(self, selector: WatchSelector, protocol: str = GRPC) -> Watcher:
         """Open a watcher: its first messages are a snapshot, or the history after its resume
-        point when the registry still holds it. `ShuttingDown` once `close()` was called."""
+        point when the registry still holds it. `ShuttingDown` once `close()` was called.
+
+        `protocol` says which stream carries it (`discovery.core.metrics`), for the counts.
+        """
         if self.closed:
             raise ShuttingDown()
-        watcher = Watcher(self, selector)
+        watcher = Watcher(self, selector, protocol)
         replay = self._replay(selector) if selector.start_revision > 0 else None
         if replay is None:
+            if selector.start_revision > 0:
+                self.fell_behind()  # asked to resume, but the history cannot tell it all
             watcher.start_snapshot()
         else:
             watcher.start_replay(replay)
+        self.open_watchers[protocol] = self.open_watchers.get(protocol, 0) + 1
         index = self._healthy if selector.healthy_only else self._plain
         for name in selector.services or (None,):
             index.setdefault(name, set()).add(watcher)
@@ -146,8 +158,13 @@ class WatchHub:
 
     # -- internals --------------------------------------------------------------------------
 
+    def fell_behind(self) -> None:
+        """A watcher gets a reset snapshot instead of the changes it missed."""
+        self._metrics.watch_resets += 1
+
     def forget(self, watcher: Watcher) -> None:
-        """Stop pushing to `watcher` (called by the watcher when it closes)."""
+        """Stop pushing to `watcher` (called once by the watcher when it closes)."""
+        self.open_watchers[watcher.protocol] -= 1
         index = self._healthy if watcher.selector.healthy_only else self._plain
         for name in watcher.selector.services or (None,):
             watchers = index.get(name)

@@ -84,6 +84,9 @@ class WatcherSource(Protocol):
     def forget(self, watcher: Watcher) -> None:
         """Stop pushing to `watcher` (it closed)."""
 
+    def fell_behind(self) -> None:
+        """A watcher dropped its backlog and owes its stream a reset (for the counts)."""
+
 
 class Watcher:
     """One subscriber: its selector, its bounded queue, and what it still owes its stream.
@@ -93,9 +96,10 @@ class Watcher:
     (server shutdown). Call `close()` when the stream is over, however it ended.
     """
 
-    def __init__(self, hub: WatcherSource, selector: WatchSelector) -> None:
+    def __init__(self, hub: WatcherSource, selector: WatchSelector, protocol: str = "") -> None:
         self.hub = hub
         self.selector = selector
+        self.protocol = protocol
         self.resets = 0
         self._queue: deque[WatchBatch] = deque()
         self._behind = False
@@ -129,6 +133,7 @@ class Watcher:
         if len(queue) > self.hub.max_backlog:
             queue.clear()
             self._behind = True
+            self.hub.fell_behind()
         self._wake()  # its waiter may be cancelled already (the stream is going away)
 
     def end(self) -> None:
