@@ -37,7 +37,7 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     # Starlette runs the last added outermost: the timer first, the guard, then the hot paths.
     app.add_middleware(HotPaths, core=core)
     app.add_middleware(WriteGuard, auth=core.auth)
-    app.add_middleware(RequestTimer, metrics=core.metrics, routes=app.router.routes)
+    app.add_middleware(RequestTimer, metrics=core.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

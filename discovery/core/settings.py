@@ -32,6 +32,7 @@ class Settings:
     rest_port: int = 3004
     grpc_port: int = 50051
     log_level: str = "INFO"
+    log_format: str = "text"
     secret: str | None = None
 
     health_check_interval: float = 30.0
@@ -145,6 +146,13 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    log_format = raw.lower()
+    if log_format not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return log_format
+
+
 def _optional_text(raw: str) -> str | None:
     return raw or None
 
@@ -196,6 +204,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "rest_port": ("SERVICE_DISCOVERY_PORT", _integer),
     "grpc_port": ("SERVICE_DISCOVERY_GRPC_PORT", _integer),
     "log_level": ("LOG_LEVEL", _log_level),
+    "log_format": ("LOG_FORMAT", _log_format),
     "secret": ("SERVICE_DISCOVERY_SECRET", _optional_text),
     "health_check_interval": ("HEALTH_CHECK_INTERVAL_SECONDS", _seconds),
     "health_check_timeout": ("HEALTH_CHECK_TIMEOUT_SECONDS", _seconds),
