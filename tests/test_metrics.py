@@ -206,7 +206,8 @@ async def test_watchers_by_protocol_and_resets(
 ) -> None:
     watch = stub.Watch(pb.WatchRequest(start_revision=1))  # long gone: a reset snapshot
     first = await asyncio.wait_for(watch.read(), 5)
-    assert isinstance(first, pb.WatchResponse) and first.reset
+    assert isinstance(first, pb.WatchResponse)
+    assert first.reset
     async with rest.stream("GET", "/v1/discovery/watch") as sse:
         assert sse.status_code == 200
 
