@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 PROTO := proto/discovery/v1/discovery.proto
 
-.PHONY: run test lint proto proto-check bench bench-smoke freeze clean chromium
+.PHONY: run test lint proto proto-check bench bench-smoke freeze clean chromium prometheus
 
 # The dashboard test drives Debian's chromium through Playwright; Playwright's own browser
 # downloads are never used.
@@ -17,11 +17,17 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 run: $(STAMP)
 	$(BIN)/service-discovery
 
-test: $(STAMP) lint proto-check chromium
+test: $(STAMP) lint proto-check chromium prometheus
 	$(BIN)/python -m pytest
 
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+# The tests run a real Prometheus (Debian's package). Installing it may enable its system service
+# where systemd runs; the tests never use that one: they start their own on a free port.
+prometheus:
+	@command -v prometheus >/dev/null || (apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
