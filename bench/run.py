@@ -32,6 +32,7 @@ MODULES = [
     "watch_fanout",
     "xds_fanout",
     "memory",
+    "metrics_scrape",
     "register_burst",
     "probe_fleet",
     "startup",

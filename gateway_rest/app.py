@@ -34,10 +34,11 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(root.router)
     errors.install(app)
-    # Starlette runs the last added outermost: the timer first, the guard, then the hot paths.
+    # Starlette runs the last added outermost: the guard first, the hot paths, then the timer
+    # of what the routes answer.
+    app.add_middleware(RequestTimer, metrics=core.metrics)
     app.add_middleware(HotPaths, core=core)
     app.add_middleware(WriteGuard, auth=core.auth)
-    app.add_middleware(RequestTimer, metrics=core.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

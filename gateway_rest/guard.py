@@ -13,13 +13,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from discovery.core.auth import Authenticator
 from discovery.core.errors import AuthError
-from gateway_rest.timing import ROUTE
 
 MAX_BODY_BYTES = 64 * 1024
 
 _WRITE_POSTS = frozenset({"/v1/discovery/register", "/v1/discovery/heartbeat"})
 _UNREGISTER = "/v1/discovery/unregister/"
-_UNREGISTER_ROUTE = _UNREGISTER + "{service_name}/{instance_id}"
 
 
 def is_write(method: str, path: str) -> bool:
@@ -51,21 +49,13 @@ class WriteGuard:
         try:
             self.auth.check(authorization)
         except AuthError as exc:
-            _name_route(scope)
             await _reply(send, 401, {"detail": exc.message}, [(b"www-authenticate", b"Bearer")])
             return
         body = await read_body(receive, self.max_body)
         if body is None:
-            _name_route(scope)
             await _reply(send, 413, {"detail": "Request body too large"})
             return
         await self.app(scope, replay(body, receive), send)
-
-
-def _name_route(scope: Scope) -> None:
-    """Tell the request timer which write route a refusal given here belongs to."""
-    path: str = scope["path"]
-    scope[ROUTE] = _UNREGISTER_ROUTE if path.startswith(_UNREGISTER) else path
 
 
 def _headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, str | None]:

@@ -1,13 +1,14 @@
-"""The outermost ASGI layer: every REST request timed into its route's histogram.
+"""The ASGI layer in front of the routes: each request they answer timed into its histogram.
 
 The histogram is `discovery_request_duration_seconds{protocol="rest", method=TEMPLATE}`, where
 TEMPLATE is the route template (`/v1/discovery/services/{service_name}`), never the raw path, so
-the label set stays bounded: a request no route matches is counted as `unmatched`.
+the label set stays bounded: a request no route matches is counted as `unmatched`. The router
+leaves the route it matched in the scope (`scope["route"]`, for a wrong method too), so finding
+the template costs nothing.
 
-Finding the template costs nothing: the router leaves the route it matched in the scope
-(`scope["route"]`, for a wrong method too), and the layers that answer before routing (the hot
-paths in `gateway_rest.hot`, the write guard's refusals) leave the template under `ROUTE`.
-Streams (the SSE watch) are not timed: their length is the client's choice.
+This layer sits inside the hot paths, which time their own answers (`gateway_rest.hot`), and
+inside the write guard, whose refusals (401, 413) are not timed. Streams (the SSE watch) are not
+timed either: their length is the client's choice.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from discovery.core.metrics import REST, Histogram, Metrics
 
-#: Where a layer that answered without the router leaves the route template it answered.
-ROUTE = "discovery.route"
 #: The method label of requests no route matches.
 UNMATCHED = "unmatched"
 #: Routes whose answers are streams, not timed.
@@ -32,7 +31,7 @@ class RequestTimer:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self._metrics = metrics
-        self._histograms: dict[str, Histogram] = {}
+        self._histograms: dict[str, Histogram | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,18 +42,17 @@ class RequestTimer:
             await self.app(scope, receive, send)
         finally:
             elapsed = time.perf_counter() - started
-            template = scope.get(ROUTE) or _template(scope)
+            template = _template(scope)
             histogram = self._histograms.get(template)
-            if histogram is None:
-                histogram = self._histogram(template)
+            if histogram is None and template not in self._histograms:
+                histogram = self._histograms[template] = self._histogram(template)
             if histogram is not None:
                 histogram.observe(elapsed)
 
     def _histogram(self, template: str) -> Histogram | None:
         if template in STREAMS:
             return None
-        histogram = self._histograms[template] = self._metrics.request_histogram(REST, template)
-        return histogram
+        return self._metrics.request_histogram(REST, template)
 
 
 def _template(scope: Scope) -> str:

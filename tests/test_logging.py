@@ -1,5 +1,5 @@
-"""`LOG_FORMAT` (CONTRACT section 9): JSON lines for log shippers, text by default, exit 2 otherwise.
-Through the console script, plus the formatter itself for tracebacks and extra fields.
+"""`LOG_FORMAT` (CONTRACT section 9): JSON lines for log shippers, text by default, exit 2
+otherwise. Through the console script, plus the formatter itself for tracebacks and fields.
 """
 
 from __future__ import annotations

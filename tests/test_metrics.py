@@ -272,7 +272,7 @@ async def test_request_durations_are_labelled_by_route_template_never_by_path(
     await rest.get("/v1/discovery/services/game")  # hot path
     await rest.get("/v1/discovery/services/game/healthy")  # hot path
     await rest.get("/v1/discovery/services/secret-name-1")  # the route's 404
-    await rest.delete("/v1/discovery/unregister/game/secret-name-2")  # 401: before routing
+    await rest.delete("/v1/discovery/unregister/game/secret-name-2", headers=AUTH)
     await rest.get("/no/such/secret-name-3")
     await rest.put("/v1/discovery/register")  # wrong method: still the route's template
     await stub.GetService(pb.GetServiceRequest(service_name="game"))

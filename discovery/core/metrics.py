@@ -13,7 +13,7 @@ alert events), so every series exists, at zero, from the start.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from discovery.core.model import HealthStatus, Instance
@@ -127,14 +127,25 @@ class ServiceCensus:
     critical: int
 
 
-def census(services: Mapping[str, Iterable[Instance]]) -> dict[str, ServiceCensus]:
+def census(services: Mapping[str, Sequence[Instance]]) -> dict[str, ServiceCensus]:
     """Count every service's instances by status (every status present, zeros included)."""
+    healthy_status, unhealthy_status = HealthStatus.HEALTHY, HealthStatus.UNHEALTHY
     counted: dict[str, ServiceCensus] = {}
     for name, instances in services.items():
-        statuses = dict.fromkeys(HealthStatus, 0)
-        critical = 0
+        # Identity tests, not a dict keyed by status: an Enum hashes in Python code, and this
+        # runs for every instance on every scrape.
+        healthy = unhealthy = critical = 0
         for instance in instances:
-            statuses[instance.status] += 1
+            status = instance.status
+            if status is healthy_status:
+                healthy += 1
+            elif status is unhealthy_status:
+                unhealthy += 1
             critical += instance.critical_load
+        statuses = {
+            HealthStatus.UNKNOWN: len(instances) - healthy - unhealthy,
+            healthy_status: healthy,
+            unhealthy_status: unhealthy,
+        }
         counted[name] = ServiceCensus(statuses, critical)
     return counted
