@@ -17,7 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from discovery.core import validation
 from discovery.core.errors import InvalidArgument, ShuttingDown
@@ -41,9 +41,14 @@ def _service_names(names: list[str]) -> list[str]:
     return names
 
 
+# The pattern is published in the OpenAPI schema only; the core's check is the one applied.
+_ServiceName = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": validation.SERVICE_NAME_PATTERN, "maxLength": 128}),
+]
 ServiceNames = Annotated[
-    list[str],
-    Query(description="A service to watch; repeat for several; none means all."),
+    list[_ServiceName],
+    Query(description="A service name; repeat for several; none means all."),
     AfterValidator(_service_names),
 ]
 
