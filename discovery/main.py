@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))
     except ConfigError as exc:  # a TLS file that changed since
-        print(f"service-discovery: {exc}", file=sys.stderr)
+        print(logs.early_line(f"service-discovery: {exc}", os.environ), file=sys.stderr)
         sys.exit(2)
     except (OSError, RuntimeError) as exc:
         log.error("Cannot start: %s", exc)
