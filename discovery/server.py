@@ -21,6 +21,7 @@ import uvicorn
 from discovery.core.clock import Clock
 from discovery.core.facade import DiscoveryCore
 from discovery.core.settings import Settings
+from discovery.core.store.base import Store
 from discovery.heap import settle_heap
 from discovery.rpc.health import HealthService
 from discovery.rpc.servicer import build_server
@@ -46,9 +47,11 @@ class _Uvicorn(uvicorn.Server):
 class DiscoveryServer:
     """The REST facade and the gRPC API over one `DiscoveryCore`, on the running event loop."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, store: Store | None = None
+    ) -> None:
         self.settings = settings
-        self.core = DiscoveryCore(settings, clock)
+        self.core = DiscoveryCore(settings, clock, store)
         self.rest_port = 0
         self.grpc_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -56,6 +59,7 @@ class DiscoveryServer:
         self._rest: _Uvicorn | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._core_started = False
 
     @property
     def rest_url(self) -> str:
@@ -73,6 +77,7 @@ class DiscoveryServer:
         settings = self.settings
         tls = load_server_tls(settings)  # a bad file stops start-up before anything runs
         await self.core.start()
+        self._core_started = True
         self._grpc, self._health = build_server(self.core)
         address = _join(settings.host, settings.grpc_port)
         if tls is None:
@@ -99,6 +104,7 @@ class DiscoveryServer:
                 await self._rest_task
                 raise RuntimeError("the REST server stopped during start-up")
             await asyncio.sleep(0.005)
+        self.core.serving()
         announce.info("REST listening on %s", _join(settings.host, self.rest_port))
         announce.info("gRPC listening on %s", _join(settings.host, self.grpc_port))
         if tls is not None:
@@ -117,6 +123,8 @@ class DiscoveryServer:
         if self._stopped:
             return
         self._stopped = True
+        if not self._core_started:
+            return  # the store could not be opened: nothing runs, nothing to stop
         grace = self.settings.shutdown_grace
         log.info("Shutting down (grace %ss)", grace)
         if self._health is not None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from discovery.core.auth import Authenticator
 from discovery.core.clock import Clock, SystemClock
-from discovery.core.errors import ShuttingDown
+from discovery.core.errors import LimitExceeded, ShuttingDown
 from discovery.core.health.alerts import AlertBook
 from discovery.core.health.monitor import HealthMonitor
 from discovery.core.health.webhook import WebhookSink
@@ -26,10 +27,11 @@ from discovery.core.model import Alert, Instance, Registration
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
 from discovery.core.store.base import Store
-from discovery.core.store.memory import MemoryStore
+from discovery.core.store.location import store_at
 from discovery.core.watch.events import WatchSelector
 from discovery.core.watch.hub import WatchHub
 from discovery.core.watch.queue import Watcher
+from discovery.core.writes import WriteGate
 
 log = logging.getLogger("discovery.core")
 
@@ -50,9 +52,11 @@ class DiscoveryCore:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.store: Store = store or MemoryStore()
+        self.store: Store = store or store_at(settings.store)
         self.metrics = Metrics()
         self.registry = Registry(settings, self.clock, self.metrics)
+        self.registry.attach(self.store)
+        self._writes = WriteGate(self.registry)
         self.auth = Authenticator(settings.secret)
         self.alert_book = AlertBook(settings.critical_load_threshold, self.clock.time)
         self.registry.subscribe(self.alert_book)
@@ -77,10 +81,19 @@ class DiscoveryCore:
     async def register(self, registration: Registration, via: str = GRPC) -> Registered:
         """Add or update an instance once the store has it; `LimitExceeded` or
         `StoreUnavailable` leave the registry as it was."""
-        self.registry.check_limits(registration)
-        record = self.registry.record_of(registration)
-        await self.store.put(record)
-        instance, created = self.registry.register(registration, record.registered_at)
+        return await _unstoppable(self._register(registration, via))
+
+    async def _register(self, registration: Registration, via: str) -> Registered:
+        key = (registration.service_name, registration.instance_id)
+        with self._writes.registering(key):
+            record = self.registry.record_of(registration)
+            await self.store.put(record)
+            try:
+                instance, created = self.registry.register(registration, record.registered_at)
+            except LimitExceeded:
+                # Cannot happen while the gate counts right; if it does, take the write back.
+                self.store.forget(*key)
+                raise
         self.metrics.registrations[via] += 1
         if created:
             log.info(
@@ -101,10 +114,15 @@ class DiscoveryCore:
         return instance
 
     async def unregister(self, service_name: str, instance_id: str, via: str = GRPC) -> Instance:
-        """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown."""
+        """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown,
+        `StoreUnavailable` leaves it registered."""
         self.registry.require(service_name, instance_id)
-        await self.store.delete(service_name, instance_id)
-        instance = self.registry.unregister(service_name, instance_id)
+        return await _unstoppable(self._unregister(service_name, instance_id, via))
+
+    async def _unregister(self, service_name: str, instance_id: str, via: str) -> Instance:
+        with self._writes.unregistering((service_name, instance_id)):
+            await self.store.delete(service_name, instance_id)
+            instance = self.registry.unregister(service_name, instance_id)
         self.metrics.unregistrations[via] += 1
         log.info("Unregistered %s:%s", service_name, instance_id)
         return instance
@@ -173,14 +191,28 @@ class DiscoveryCore:
         self._tasks.append(task)
 
     async def start(self) -> None:
-        """Open the store, then start the background work: TTL sweeps, the load meter, probes
-        and alert delivery."""
-        await self.store.open()
+        """Open the store and take in what it holds, then start the background work: TTL
+        sweeps, the load meter, probes and alert delivery. `StoreFailure` when the store
+        cannot be used."""
+        restored = await self.store.open(lambda: self.registry.revision)
+        self.registry.restore(restored.instances, restored.revision)
+        self.watch_hub.reload()
+        self.alert_book.restore(restored.instances)
+        if self.store.description == "memory":
+            log.info("Store: memory")
+        else:
+            log.info(
+                "Store: %s (%d instances restored)", self.store.description, len(self.registry)
+            )
         self.spawn("registry-sweeper", self._sweep_forever)
         self.spawn("process-load", self.process_load.run)
         self.spawn("health-monitor", self.monitor.run)
         if self.webhook is not None:
             self.spawn("alert-webhook", self.webhook.run)
+
+    def serving(self) -> None:
+        """Both ports serve: restored instances get their TTL and heartbeat grace from now."""
+        self.registry.restart_deadlines()
 
     def begin_shutdown(self) -> None:
         """Refuse new streams and tell the hooks; idempotent."""
@@ -222,3 +254,20 @@ class DiscoveryCore:
             deadline = self.registry.sweep()
             delay = deadline - self.clock.monotonic()
             await asyncio.sleep(min(cap, max(0.01, delay)))
+
+
+T = TypeVar("T")
+
+
+async def _unstoppable(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even if the caller is cancelled (a client that hung up): a write
+    the store made durable must be applied, or store and registry would disagree."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # The caller may be gone: take the outcome, so a refusal is not reported as never retrieved.
+    if not task.cancelled():
+        task.exception()

@@ -27,6 +27,10 @@ class Deadlines:
         self._at.pop(instance, None)
         self._at[instance] = at
 
+    def restart(self, at: float) -> None:
+        """Every instance heard from at `at` (not earlier than any time given before)."""
+        self._at = dict.fromkeys(self._at, at)
+
     def discard(self, instance: Instance) -> None:
         self._at.pop(instance, None)
 

@@ -3,13 +3,17 @@
 Every change a watcher can see goes through `_publish`, which raises the revision by one, records
 the change in the history and hands it to the listeners (watch hub, alerts, monitor). The registry
 is used from one event loop only and never awaits, so each operation is atomic.
+
+Durability: registrations and unregistrations reach the store before they get here (the facade
+writes them first); the registry tells its store about every liveness change (`touch`, cheap)
+and every expiry (`forget`), and takes in what a store held at start-up with `restore`.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Protocol
 
 from discovery.core.clock import Clock
@@ -20,6 +24,8 @@ from discovery.core.liveness import Deadlines
 from discovery.core.metrics import HEARTBEAT_GRACE, STREAM_BROKEN, TTL, Metrics
 from discovery.core.model import Change, EventType, HealthStatus, Instance, Registration
 from discovery.core.settings import Settings
+from discovery.core.store.base import Store
+from discovery.core.store.memory import MemoryStore
 
 log = logging.getLogger("discovery.registry")
 
@@ -75,6 +81,12 @@ class Registry:
         self._version = 0
         self._listeners: list[Listener] = []
         self.probes: ProbeTargets = _NoProbes()
+        self._store: Store = MemoryStore()
+        # Bound once: it runs on every heartbeat.
+        self._touch_store: Callable[[Instance], None] = self._store.touch
+        # Instances with a registration or unregistration in flight (between the store write and
+        # its application here): the TTL sweep spares them, so an expiry cannot slip between.
+        self.writing: Collection[Key] = frozenset()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -85,6 +97,10 @@ class Registry:
 
     def __len__(self) -> int:
         return self._count
+
+    def size_of(self, service_name: str) -> int:
+        """How many instances the service has."""
+        return len(self._services.get(service_name, ()))
 
     def get(self, service_name: str, instance_id: str) -> Instance | None:
         instances = self._services.get(service_name)
@@ -137,10 +153,16 @@ class Registry:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def check_limits(self, registration: Registration) -> None:
-        """`LimitExceeded` when registering would pass an instance limit."""
-        if self.get(registration.service_name, registration.instance_id) is None:
-            self._check_limits(registration.service_name)
+    def attach(self, store: Store) -> None:
+        """Tell `store` about every liveness change and expiry from now on."""
+        self._store = store
+        self._touch_store = store.touch
+
+    def check_limits(self, service_name: str, pending: int = 0, pending_here: int = 0) -> None:
+        """`LimitExceeded` when one more instance of `service_name` would pass an instance
+        limit, counting `pending` new instances not applied yet (`pending_here` of them in
+        that service)."""
+        self._check_limits(service_name, pending, pending_here)
 
     def record_of(self, registration: Registration) -> Instance:
         """The instance as `register` would keep it (for the store to write first)."""
@@ -154,6 +176,38 @@ class Registry:
             metadata=dict(registration.metadata or {}),
             registered_at=self._clock.time() if existing is None else existing.registered_at,
         )
+
+    def restore(self, instances: list[Instance], revision: int) -> None:
+        """Take in what a store held, before serving: no change is published (watchers and
+        alerts read the restored state, see `WatchHub.reload` and `AlertBook.restore`).
+
+        Each instance keeps its last known status and critical load; its TTL (and heartbeat
+        grace) start over now, and probed instances are probed at once. Every revision
+        handed out from now on is greater than `revision`.
+        """
+        self._revision = max(self._revision, revision)
+        now = self._clock.monotonic()
+        for instance in instances:
+            instance.service_name = name(instance.service_name)
+            instance.host = name(instance.host)
+            instance.metadata = self._metadata.share(instance.metadata)
+            instance.revision = min(instance.revision, self._revision)
+            self._services.setdefault(instance.service_name, {})[instance.instance_id] = instance
+            self._count += 1
+            instance.published = instance.snapshot()
+            self._seen.touch(instance, now)
+            if instance.heartbeat_only and instance.healthy:
+                self._beating.touch(instance, now)
+            self._touch(instance.service_name)
+            if not instance.heartbeat_only:
+                self.probes.probe_soon(instance)
+
+    def restart_deadlines(self) -> None:
+        """Every instance's TTL and heartbeat grace start over now (the server serves from
+        now on, after a restart)."""
+        now = self._clock.monotonic()
+        self._seen.restart(now)
+        self._beating.restart(now)
 
     def register(
         self, registration: Registration, registered_at: float | None = None
@@ -178,6 +232,7 @@ class Registry:
         heard = self._mark_seen(instance)
         self._revive(instance, heard)
         self._publish(instance, healthy_before=False)
+        self._touch_store(instance)
         if not instance.heartbeat_only:
             self.probes.probe_soon(instance)
         return instance, True
@@ -194,6 +249,8 @@ class Registry:
         if load is not None or instance.status is not status_before:
             # Otherwise nothing a watcher or an alert could see has changed (the common case).
             self._settle(instance, status_before is HealthStatus.HEALTHY)
+        else:
+            self._touch_store(instance)
         return instance
 
     def unregister(self, service_name: str, instance_id: str) -> Instance:
@@ -240,7 +297,11 @@ class Registry:
         """
         now = self._clock.monotonic()
         ttl = self._settings.registration_ttl
+        spared = []
         for instance in self._seen.silent_since(now - ttl):
+            if instance.key in self.writing:
+                spared.append(instance)
+                continue
             log.info(
                 "Registration of %s:%s expired (no heartbeat for %ss)",
                 instance.service_name,
@@ -249,6 +310,10 @@ class Registry:
             )
             self._remove(instance)
             self._expirations[TTL] += 1
+            self._store.forget(instance.service_name, instance.instance_id)
+        for instance in spared:
+            # A registration in flight is a sign of life; an unregistration removes it anyway.
+            self._seen.touch(instance, now)
         for instance in self._beating.silent_since(now - self._settings.heartbeat_grace):
             self._expirations[HEARTBEAT_GRACE] += 1
             instance.status = HealthStatus.UNHEALTHY
@@ -265,12 +330,13 @@ class Registry:
             deadlines.append(beat + self._settings.heartbeat_grace)
         return min(deadlines)
 
-    def _check_limits(self, service_name: str) -> None:
-        if self._count >= self._settings.max_instances:
+    def _check_limits(self, service_name: str, pending: int = 0, pending_here: int = 0) -> None:
+        if self._count + pending >= self._settings.max_instances:
             raise LimitExceeded(
                 f"Instance limit reached: at most {self._settings.max_instances} instances"
             )
-        if len(self._services.get(service_name, ())) >= self._settings.max_instances_per_service:
+        here = self.size_of(service_name) + pending_here
+        if here >= self._settings.max_instances_per_service:
             raise LimitExceeded(
                 f"Instance limit reached: at most {self._settings.max_instances_per_service} "
                 f"instances per service"
@@ -327,6 +393,7 @@ class Registry:
     def _settle(self, instance: Instance, healthy_before: bool, force: bool = False) -> None:
         """Re-evaluate critical load and publish when a watcher could see the difference."""
         self._touch(instance.service_name)
+        self._touch_store(instance)
         was_critical = instance.critical_load
         critical = self._policy.is_critical(
             was_critical, instance.load_percentage, instance.healthy

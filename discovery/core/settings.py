@@ -63,6 +63,8 @@ class Settings:
     tls_client_ca_file: str | None = None
     xds_lb_policy: str = "round_robin"
     xds_dns_refresh: float = 30.0
+    #: Where the registry's state is kept: `sqlite:PATH`, `memory` (see `discovery.core.store`).
+    store: str = "sqlite:data/registry.db"
 
     @property
     def heartbeat_grace(self) -> float:
@@ -175,6 +177,26 @@ def _lb_policy(raw: str) -> str:
     return policy
 
 
+def _store(raw: str) -> str:
+    if raw == "memory":
+        return raw
+    if raw.startswith("sqlite:"):
+        if not raw.removeprefix("sqlite:").strip():
+            raise ValueError("sqlite: needs a file path, as in sqlite:data/registry.db")
+        return raw
+    if raw.startswith("etcd://"):
+        raise ValueError("the etcd store is not available yet; use sqlite:PATH or memory")
+    raise ValueError("expected sqlite:PATH or memory")
+
+
+def _store_form(value: str) -> str | None:
+    try:
+        _store(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number in 0..65535"
 
@@ -228,9 +250,11 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "tls_client_ca_file": ("SERVICE_DISCOVERY_TLS_CLIENT_CA_FILE", _optional_text),
     "xds_lb_policy": ("XDS_LB_POLICY", _lb_policy),
     "xds_dns_refresh": ("XDS_DNS_REFRESH_SECONDS", _seconds),
+    "store": ("SERVICE_DISCOVERY_STORE", _store),
 }
 
 _RULES: dict[str, Callable[[Any], str | None]] = {
+    "store": _store_form,
     "rest_port": _port,
     "grpc_port": _port,
     "health_check_interval": _positive,

@@ -9,10 +9,10 @@ every sink (the webhook, for one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
-from discovery.core.model import Alert, Change, EventType
+from discovery.core.model import Alert, Change, EventType, Instance
 
 log = logging.getLogger("discovery.alerts")
 
@@ -36,6 +36,16 @@ class AlertBook:
     def alerts(self) -> list[Alert]:
         """Active alerts, oldest first."""
         return list(self._active.values())
+
+    def restore(self, instances: Iterable[Instance]) -> None:
+        """Take in the alerts of restored instances at critical load, silently: they were
+        raised (logged, sent) before the restart."""
+        for instance in instances:
+            if instance.critical_load:
+                key = (instance.service_name, instance.instance_id)
+                since = instance.critical_since
+                at = self._now() if since is None else since
+                self._active[key] = Alert(*key, instance.load_percentage, self._threshold, at)
 
     def __call__(self, change: Change) -> None:
         instance = change.instance

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from discovery.core.model import Instance
 from discovery.core.store.base import Restored
 
@@ -11,13 +13,16 @@ class MemoryStore:
 
     description = "memory"
 
-    async def open(self) -> Restored:
+    async def open(self, revision: Callable[[], int]) -> Restored:
         return Restored()
 
     async def put(self, instance: Instance) -> None:
         pass
 
     async def delete(self, service_name: str, instance_id: str) -> None:
+        pass
+
+    def forget(self, service_name: str, instance_id: str) -> None:
         pass
 
     def touch(self, instance: Instance) -> None:

@@ -93,11 +93,18 @@ class WatchHub:
         self._current: dict[str, dict[str, WatchEvent]] = {}
         # Recent changes with their (shared, already encoded) events, for resumes.
         self._recent: deque[_Fanout] = deque(maxlen=settings.watch_history_size)
-        for instance in registry.all_instances():
-            snap = instance.snapshot()
+        self.reload()
+        registry.subscribe(self._on_change)
+
+    def reload(self) -> None:
+        """Take the registry's instances as they are now (after a restore), without history:
+        a resume from an earlier revision then gets a reset snapshot."""
+        self._current.clear()
+        self._recent.clear()
+        for instance in self._registry.all_instances():
+            snap = instance.published or instance.snapshot()
             event = WatchEvent(EventType.PUT, snap, instance.revision)
             self._current.setdefault(instance.service_name, {})[instance.instance_id] = event
-        registry.subscribe(self._on_change)
 
     @property
     def revision(self) -> int:
