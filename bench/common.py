@@ -162,12 +162,14 @@ class Process:
 
 
 def server_env(**env: str) -> dict[str, str]:
-    """The environment of `python -m discovery` in a bench: loopback, free ports, a secret."""
+    """The environment of `python -m discovery` in a bench: loopback, free ports, a secret,
+    the `memory` store unless `env` names another."""
     return {
         "SERVICE_DISCOVERY_HOST": "127.0.0.1",
         "SERVICE_DISCOVERY_PORT": "0",
         "SERVICE_DISCOVERY_GRPC_PORT": "0",
         "SERVICE_DISCOVERY_SECRET": SECRET,
+        "SERVICE_DISCOVERY_STORE": "memory",
         "LOG_LEVEL": "WARNING",
         **env,
     }

@@ -59,6 +59,7 @@ async def start(command: Sequence[str], **env: str) -> Process:
         "SERVICE_DISCOVERY_PORT": "0",
         "SERVICE_DISCOVERY_GRPC_PORT": "0",
         "SERVICE_DISCOVERY_SECRET": SECRET,
+        "SERVICE_DISCOVERY_STORE": "memory",
         **env,
     }
     proc = await asyncio.create_subprocess_exec(
