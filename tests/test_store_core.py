@@ -110,22 +110,24 @@ def core_registration(instance: str, port: int) -> object:
 
 async def test_instance_limits_hold_across_the_store_write() -> None:
     store = RecordingStore(delay=0.02, seed=3)
-    async with run_server(
-        store=store, secret=SECRET, max_instances_per_service=3, max_instances=5
-    ) as server:
-        async with httpx.AsyncClient(base_url=server.rest_url, timeout=10) as rest:
+    async with (
+        run_server(
+            store=store, secret=SECRET, max_instances_per_service=3, max_instances=5
+        ) as server,
+        httpx.AsyncClient(base_url=server.rest_url, timeout=10) as rest,
+    ):
 
-            async def register(service: str, n: int) -> int:
-                body = registration(service=service, instance=f"{service}-{n}")
-                answer = await rest.post("/v1/discovery/register", json=body, headers=AUTH)
-                return answer.status_code
+        async def register(service: str, n: int) -> int:
+            body = registration(service=service, instance=f"{service}-{n}")
+            answer = await rest.post("/v1/discovery/register", json=body, headers=AUTH)
+            return answer.status_code
 
-            codes = await asyncio.gather(
-                *(register("a", n) for n in range(10)), *(register("b", n) for n in range(10))
-            )
-            assert sorted(codes).count(200) == 5
-            assert set(codes) == {200, 429}
-            assert len(server.core.registry) == 5
-            assert sorted(store.rows) == sorted(i.key for i in server.core.registry.all_instances())
-            per_service = {name: len(found) for name, found in server.core.services().items()}
-            assert all(count <= 3 for count in per_service.values())
+        codes = await asyncio.gather(
+            *(register("a", n) for n in range(10)), *(register("b", n) for n in range(10))
+        )
+        assert sorted(codes).count(200) == 5
+        assert set(codes) == {200, 429}
+        assert len(server.core.registry) == 5
+        assert sorted(store.rows) == sorted(i.key for i in server.core.registry.all_instances())
+        per_service = {name: len(found) for name, found in server.core.services().items()}
+        assert all(count <= 3 for count in per_service.values())
