@@ -19,49 +19,49 @@ from tests.stores import RecordingStore
 
 async def test_a_refused_write_changes_nothing_over_rest_and_grpc() -> None:
     store = RecordingStore()
-    async with run_server(store=store, secret=SECRET) as server:
-        async with (
-            httpx.AsyncClient(base_url=server.rest_url, timeout=10) as rest,
-            grpc.aio.insecure_channel(server.grpc_target) as channel,
-        ):
-            stub = pb_grpc.DiscoveryServiceStub(channel)
-            kept = await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
-            assert kept.status_code == 200
-            before = (await rest.get("/v1/discovery/services")).json()
-            revision = server.core.revision
-            store.failing = True
+    async with (
+        run_server(store=store, secret=SECRET) as server,
+        httpx.AsyncClient(base_url=server.rest_url, timeout=10) as rest,
+        grpc.aio.insecure_channel(server.grpc_target) as channel,
+    ):
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        kept = await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
+        assert kept.status_code == 200
+        before = (await rest.get("/v1/discovery/services")).json()
+        revision = server.core.revision
+        store.failing = True
 
-            moved = registration(host="10.9.9.9")
-            answer = await rest.post("/v1/discovery/register", json=moved, headers=AUTH)
-            assert answer.status_code == 503
-            assert isinstance(answer.json()["detail"], str)
-            answer = await rest.post(
-                "/v1/discovery/register", json=registration(instance="new"), headers=AUTH
+        moved = registration(host="10.9.9.9")
+        answer = await rest.post("/v1/discovery/register", json=moved, headers=AUTH)
+        assert answer.status_code == 503
+        assert isinstance(answer.json()["detail"], str)
+        answer = await rest.post(
+            "/v1/discovery/register", json=registration(instance="new"), headers=AUTH
+        )
+        assert answer.status_code == 503
+        answer = await rest.delete("/v1/discovery/unregister/game/game-1", headers=AUTH)
+        assert answer.status_code == 503
+        request = pb.RegisterRequest(
+            service_name="game", instance_id="grpc-1", host="10.0.0.1", port=1
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Register(request, metadata=GRPC_AUTH)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Unregister(
+                pb.UnregisterRequest(service_name="game", instance_id="game-1"),
+                metadata=GRPC_AUTH,
             )
-            assert answer.status_code == 503
-            answer = await rest.delete("/v1/discovery/unregister/game/game-1", headers=AUTH)
-            assert answer.status_code == 503
-            request = pb.RegisterRequest(
-                service_name="game", instance_id="grpc-1", host="10.0.0.1", port=1
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Register(request, metadata=GRPC_AUTH)
-            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Unregister(
-                    pb.UnregisterRequest(service_name="game", instance_id="game-1"),
-                    metadata=GRPC_AUTH,
-                )
-            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
 
-            # Nothing changed, and reads and heartbeats go on.
-            assert (await rest.get("/v1/discovery/services")).json() == before
-            assert server.core.revision == revision
-            beat = {"service_name": "game", "instance_id": "game-1"}
-            answer = await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)
-            assert answer.status_code == 200
-            assert list(store.rows) == [("game", "game-1")]
-            assert store.rows["game", "game-1"].host == "127.0.0.1"
+        # Nothing changed, and reads and heartbeats go on.
+        assert (await rest.get("/v1/discovery/services")).json() == before
+        assert server.core.revision == revision
+        beat = {"service_name": "game", "instance_id": "game-1"}
+        answer = await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)
+        assert answer.status_code == 200
+        assert list(store.rows) == [("game", "game-1")]
+        assert store.rows["game", "game-1"].host == "127.0.0.1"
 
 
 async def test_concurrent_writes_leave_store_and_registry_in_agreement() -> None:
