@@ -165,8 +165,10 @@ class Registry:
         self._check_limits(service_name, pending, pending_here)
 
     def record_of(self, registration: Registration) -> Instance:
-        """The instance as `register` would keep it (for the store to write first)."""
+        """The instance as `register` would keep it (for the store to write first): its
+        registration fields, and the status a new instance starts with."""
         existing = self.get(registration.service_name, registration.instance_id)
+        heartbeat_only = registration.health_endpoint is None
         return Instance(
             service_name=registration.service_name,
             instance_id=registration.instance_id,
@@ -175,6 +177,7 @@ class Registry:
             health_endpoint=registration.health_endpoint,
             metadata=dict(registration.metadata or {}),
             registered_at=self._clock.time() if existing is None else existing.registered_at,
+            status=HealthStatus.HEALTHY if heartbeat_only else HealthStatus.UNKNOWN,
         )
 
     def restore(self, instances: list[Instance], revision: int) -> None:

@@ -46,12 +46,13 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 """
 
-#: A registration: new rows go to the end of the order; a stored one keeps its place and
-#: `registered_at` (a concurrent registration of the same instance may have written it first).
+#: A registration: new rows go to the end of the order, with the status they start with; a
+#: stored one keeps its place, `registered_at` (a concurrent registration of the same instance
+#: may have written it first) and liveness (written by the flushes).
 UPSERT = """
 INSERT INTO instances (service_name, instance_id, host, port, health_endpoint, metadata,
-                       registered_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+                       registered_at, status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (service_name, instance_id) DO UPDATE SET
     host = excluded.host, port = excluded.port, health_endpoint = excluded.health_endpoint,
     metadata = excluded.metadata
@@ -222,6 +223,7 @@ def registration_row(instance: Instance) -> tuple[Any, ...]:
         instance.health_endpoint,
         json.dumps(instance.metadata, separators=(",", ":")),
         instance.registered_at,
+        instance.status.value,
     )
 
 

@@ -1,0 +1,211 @@
+"""The SQLite store across restarts of the real server: fields, order, liveness, alerts,
+deadlines, revisions and Watch resumes (SIGTERM, SIGINT and SIGKILL)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from discovery.testing import eventually
+from discovery.v1 import discovery_pb2 as pb
+from tests.conftest import AUTH, GRPC_AUTH, registration
+from tests.instances import fake_instances
+from tests.store_processes import clients, records, server_on
+
+VOLATILE = ("last_health_check",)
+
+
+def stable(found: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Records without the probe time (probes go on after a restart)."""
+    return {
+        name: [{k: v for k, v in record.items() if k not in VOLATILE} for record in instances]
+        for name, instances in found.items()
+    }
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_graceful_stop_keeps_everything_exactly(tmp_path: Path, sig: int) -> None:
+    path = tmp_path / "nested" / "registry.db"
+    env = {"HEALTH_CHECK_INTERVAL_SECONDS": "0.5", "CRITICAL_LOAD_THRESHOLD": "0.8"}
+    async with fake_instances() as fleet:
+        fleet.answer("/health", 200, {"status": "UP", "load_percentage": 0.9})
+        async with server_on(path, env) as first, clients(first) as (rest, stub):
+            for n in range(3):
+                body = registration(instance=f"beat-{n}", metadata={"n": str(n), "zone": "a"})
+                answer = await rest.post("/v1/discovery/register", json=body, headers=AUTH)
+                assert answer.status_code == 200
+            await stub.Register(
+                pb.RegisterRequest(
+                    service_name="api",
+                    instance_id="probed",
+                    host="127.0.0.1",
+                    port=fleet.port,
+                    health_endpoint="/health",
+                    metadata={"version": "2"},
+                ),
+                metadata=GRPC_AUTH,
+            )
+            beat = {"service_name": "game", "instance_id": "beat-1", "load_percentage": 0.42}
+            assert (await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)).is_success
+            answer = await rest.delete("/v1/discovery/unregister/game/beat-0", headers=AUTH)
+            assert answer.status_code == 200
+
+            async def critical() -> bool:
+                found = (await rest.get("/v1/discovery/services/api")).json()["instances"]
+                return bool(found[0]["critical_load"])
+
+            await eventually(critical, within=10)
+            before = await records(rest)
+            alerts = (await rest.get("/v1/discovery/alerts")).json()
+            last = await _revision(stub)
+            assert await first.stop(sig) == 0
+        assert path.exists()
+
+        async with server_on(path, env) as second, clients(second) as (rest, stub):
+            assert "Store: sqlite" in second.output
+            assert f"{path} (3 instances restored)" in second.output
+            after = await records(rest)
+            assert stable(after) == stable(before)
+            assert [i["instance_id"] for i in after["game"]] == ["beat-1", "beat-2"]
+            assert (await rest.get("/v1/discovery/alerts")).json() == alerts
+            # The probed instance is probed at once, not an interval later.
+            checked = before["api"][0]["last_health_check"]
+
+            async def probed() -> bool:
+                found = (await rest.get("/v1/discovery/services/api")).json()["instances"]
+                return bool(found[0]["last_health_check"] != checked)
+
+            await eventually(probed, within=5)
+            # Revisions go on growing.
+            body = registration(instance="beat-9")
+            answer = await rest.post("/v1/discovery/register", json=body, headers=AUTH)
+            assert answer.status_code == 200
+            assert await _revision(stub) > last
+            assert await second.stop() == 0
+
+
+async def _revision(stub: Any) -> int:
+    """The current revision, from the first message of a Watch."""
+    call = stub.Watch(pb.WatchRequest())
+    try:
+        async for message in call:
+            return int(message.revision)
+    finally:
+        call.cancel()
+    raise AssertionError("the watch ended without a message")
+
+
+async def test_a_legacy_client_carries_on_across_restarts_longer_than_its_ttl(
+    tmp_path: Path,
+) -> None:
+    # Registered once, then only heartbeats: each restart (down for longer than the TTL and the
+    # heartbeat grace) leaves it registered and healthy, and its next heartbeat gets 200.
+    path = tmp_path / "registry.db"
+    env = {"SERVICE_REGISTRATION_TTL_SECONDS": "1.5", "SERVICE_HEARTBEAT_INTERVAL_SECONDS": "0.5"}
+    beat = {"service_name": "legacy", "instance_id": "legacy-1"}
+    async with server_on(path, env) as process, clients(process) as (rest, _):
+        body = registration(service="legacy", instance="legacy-1")
+        assert (await rest.post("/v1/discovery/register", json=body, headers=AUTH)).is_success
+        assert (await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)).is_success
+        await process.kill()
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        # Down for longer than the TTL: the restart must not expire or down it.
+        down = await _wait(2.0)
+        assert down >= 2.0
+        async with server_on(path, env) as process, clients(process) as (rest, _):
+            healthy = await rest.get("/v1/discovery/services/legacy/healthy")
+            assert [i["instance_id"] for i in healthy.json()["healthy_instances"]] == ["legacy-1"]
+            answer = await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)
+            assert answer.status_code == 200, answer.text
+            await process.stop(sig)
+
+
+async def _wait(seconds: float) -> float:
+    """Let `seconds` pass while no server runs (time itself is what is under test)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.sleep(seconds)
+    return loop.time() - start
+
+
+async def test_after_sigkill_revisions_grow_and_an_old_watch_resumes_with_a_reset(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    async with server_on(path) as process, clients(process) as (rest, stub):
+        for n in range(5):
+            body = registration(instance=f"w-{n}")
+            assert (await rest.post("/v1/discovery/register", json=body, headers=AUTH)).is_success
+        old = await _revision(stub)
+        await process.kill()
+    async with server_on(path) as process, clients(process) as (rest, stub):
+        body = registration(instance="w-new")
+        assert (await rest.post("/v1/discovery/register", json=body, headers=AUTH)).is_success
+        assert await _revision(stub) > old
+        call = stub.Watch(pb.WatchRequest(start_revision=old))
+        try:
+            first = await call.read()
+            assert first.reset
+            names = set()
+            message = first
+            while True:
+                names |= {event.instance.instance_id for event in message.events}
+                if message.synced:
+                    break
+                message = await call.read()
+            assert names == {f"w-{n}" for n in range(5)} | {"w-new"}
+            assert message.revision > old
+        finally:
+            call.cancel()
+        # A resume from a revision after the restart gets the changes, not a reset.
+        now = await _revision(stub)
+        answer = await rest.delete("/v1/discovery/unregister/game/w-0", headers=AUTH)
+        assert answer.status_code == 200
+        call = stub.Watch(pb.WatchRequest(start_revision=now))
+        try:
+            message = await call.read()
+            assert not message.reset
+            assert [e.instance.instance_id for e in message.events] == ["w-0"]
+            assert message.events[0].type == pb.EVENT_TYPE_DELETE
+        finally:
+            call.cancel()
+
+
+async def test_grpc_and_rest_registrations_come_back_with_their_fields(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    async with server_on(path) as process, clients(process) as (rest, stub):
+        answer = await stub.Register(
+            pb.RegisterRequest(
+                service_name="grpc-svc",
+                instance_id="g-1",
+                host="::1",
+                port=9000,
+                health_endpoint="",
+                metadata={"k": "v" * 1024},
+            ),
+            metadata=GRPC_AUTH,
+        )
+        assert answer.instance.instance_id == "g-1"
+        body = registration(service="rest-svc", instance="r-1", health_endpoint="/ready")
+        assert (await rest.post("/v1/discovery/register", json=body, headers=AUTH)).is_success
+        before = await records(rest)
+        await process.kill()
+    async with server_on(path) as process, clients(process) as (rest, stub):
+        after = await records(rest)
+        keys = ("service_name", "instance_id", "host", "port", "health_endpoint", "metadata")
+        for name in ("grpc-svc", "rest-svc"):
+            mine, theirs = before[name][0], after[name][0]
+            assert {k: theirs[k] for k in (*keys, "registered_at")} == {
+                k: mine[k] for k in (*keys, "registered_at")
+            }
+        assert after["grpc-svc"][0]["health_endpoint"] is None
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.GetService(pb.GetServiceRequest(service_name="nothing"))
+        assert isinstance(httpx.URL(process.rest_url), httpx.URL)
