@@ -36,6 +36,7 @@ MODULES = [
     "register_burst",
     "probe_fleet",
     "startup",
+    "store",
 ]
 
 
