@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import grpc_heartbeat, register_burst, rest_api, startup
-from bench.common import Process, discovery_server, server_env
+from bench.common import REST_AUTH, Process, discovery_server, server_env
+from bench.grpc_load import Channels
 from bench.rest_api import Subject, measure_all, register_many
 from bench.results import Row, Sample, Target, standalone
 from bench.tools import ensure, script
@@ -96,7 +97,7 @@ def rest_rows(size: rest_api.Size) -> list[Row]:
     ensure("wrk")
     names = [(f"svc-{n % 10}", f"i-{n}") for n in range(size.instances)]
     web = [("web", f"web-{n}") for n in range(10)]
-    headers = {"Content-Type": "application/json", **rest_api.REST_AUTH}
+    headers = {"Content-Type": "application/json", **REST_AUTH}
     beats = [json.dumps({"service_name": s, "instance_id": i}) for s, i in names]
     bodies = [json.dumps(rest_api.registration(s, i)) for s, i in names]
     luas = {
@@ -131,7 +132,7 @@ def rest_rows(size: rest_api.Size) -> list[Row]:
 def grpc_row(size: grpc_heartbeat.Size) -> Row:
     async def run(memory: Process, sqlite: Process) -> tuple[list[float], list[float]]:
         for server in (memory, sqlite):
-            async with grpc_heartbeat.Channels(grpc_heartbeat.target(server), 1) as channels:
+            async with Channels(grpc_heartbeat.target(server), 1) as channels:
                 await grpc_heartbeat.register_all(channels, size)
         unary, _ = grpc_heartbeat.loads(size)
         bodies = grpc_heartbeat.registrations(size)

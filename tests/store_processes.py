@@ -37,13 +37,18 @@ async def server_on(
 @contextlib.asynccontextmanager
 async def clients(
     process: ServerProcess,
-) -> AsyncIterator[tuple[httpx.AsyncClient, pb_grpc.DiscoveryServiceStub]]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, pb_grpc.DiscoveryServiceAsyncStub]]:
     """A REST client and a gRPC stub for `process`."""
     async with (
         httpx.AsyncClient(base_url=process.rest_url, timeout=10) as rest,
         grpc.aio.insecure_channel(process.grpc_target) as channel,
     ):
-        yield rest, pb_grpc.DiscoveryServiceStub(channel)
+        yield rest, async_stub(channel)
+
+
+def async_stub(channel: grpc.aio.Channel) -> pb_grpc.DiscoveryServiceAsyncStub:
+    """The stub of an aio channel, typed as such."""
+    return pb_grpc.DiscoveryServiceStub(channel)
 
 
 async def records(rest: httpx.AsyncClient) -> dict[str, list[dict[str, Any]]]:

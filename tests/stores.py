@@ -56,15 +56,16 @@ class RecordingStore:
         await self._write(apply)
 
     async def delete(self, service_name: str, instance_id: str) -> None:
-        await self._write(lambda: self.rows.pop((service_name, instance_id), None) and None)
+        await self._write(lambda: self._drop((service_name, instance_id)))
 
     def forget(self, service_name: str, instance_id: str) -> None:
         assert self._queue is not None
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending += 1
-        self._queue.put_nowait(
-            (lambda: self.rows.pop((service_name, instance_id), None) and None, future)
-        )
+        self._queue.put_nowait((lambda: self._drop((service_name, instance_id)), future))
+
+    def _drop(self, key: Key) -> None:
+        self.rows.pop(key, None)
 
     def touch(self, instance: Instance) -> None:
         self.touched.add(instance)
@@ -77,7 +78,7 @@ class RecordingStore:
         if self.failing:
             raise StoreUnavailable("disk full (injected)")
         assert self._queue is not None
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending += 1
         self._queue.put_nowait((apply, future))
         await future

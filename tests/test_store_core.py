@@ -10,6 +10,7 @@ import grpc
 import httpx
 import pytest
 
+from discovery.core.model import Registration
 from discovery.testing import eventually, run_server
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -102,9 +103,7 @@ async def test_concurrent_writes_leave_store_and_registry_in_agreement() -> None
             assert any(key[1].startswith("h-") for key in store.written)
 
 
-def core_registration(instance: str, port: int) -> object:
-    from discovery.core.model import Registration
-
+def core_registration(instance: str, port: int) -> Registration:
     return Registration("game", instance, "127.0.0.1", port, None, {"version": "1"})
 
 

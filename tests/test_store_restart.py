@@ -151,7 +151,7 @@ async def test_after_sigkill_revisions_grow_and_an_old_watch_resumes_with_a_rese
         assert await _revision(stub) > old
         call = stub.Watch(pb.WatchRequest(start_revision=old))
         try:
-            first = await call.read()
+            first = await _read(call)
             assert first.reset
             names = set()
             message = first
@@ -159,7 +159,7 @@ async def test_after_sigkill_revisions_grow_and_an_old_watch_resumes_with_a_rese
                 names |= {event.instance.instance_id for event in message.events}
                 if message.synced:
                     break
-                message = await call.read()
+                message = await _read(call)
             assert names == {f"w-{n}" for n in range(5)} | {"w-new"}
             assert message.revision > old
         finally:
@@ -170,12 +170,18 @@ async def test_after_sigkill_revisions_grow_and_an_old_watch_resumes_with_a_rese
         assert answer.status_code == 200
         call = stub.Watch(pb.WatchRequest(start_revision=now))
         try:
-            message = await call.read()
+            message = await _read(call)
             assert not message.reset
             assert [e.instance.instance_id for e in message.events] == ["w-0"]
             assert message.events[0].type == pb.EVENT_TYPE_DELETE
         finally:
             call.cancel()
+
+
+async def _read(call: Any) -> pb.WatchResponse:
+    message = await call.read()
+    assert isinstance(message, pb.WatchResponse), message
+    return message
 
 
 async def test_grpc_and_rest_registrations_come_back_with_their_fields(tmp_path: Path) -> None:

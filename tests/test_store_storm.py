@@ -65,7 +65,7 @@ async def worker(
     n: int,
     ledger: Ledger,
     rest: httpx.AsyncClient,
-    stub: pb_grpc.DiscoveryServiceStub,
+    stub: pb_grpc.DiscoveryServiceAsyncStub,
     rng: random.Random,
 ) -> None:
     """Writes on its own keys, one at a time, until the server goes away."""
@@ -111,7 +111,7 @@ async def rest_write(rest: httpx.AsyncClient, key: Key, target: State, ledger: L
     return True
 
 
-async def grpc_write(stub: pb_grpc.DiscoveryServiceStub, key: Key, target: State) -> bool:
+async def grpc_write(stub: pb_grpc.DiscoveryServiceAsyncStub, key: Key, target: State) -> bool:
     if target is None:
         try:
             await stub.Unregister(

@@ -189,21 +189,23 @@ class Registry:
         handed out from now on is greater than `revision`.
         """
         self._revision = max(self._revision, revision)
-        now = self._clock.monotonic()
+        services = self._services
+        share = self._metadata.share
         for instance in instances:
             instance.service_name = name(instance.service_name)
             instance.host = name(instance.host)
-            instance.metadata = self._metadata.share(instance.metadata)
+            instance.metadata = share(instance.metadata)
             instance.revision = min(instance.revision, self._revision)
-            self._services.setdefault(instance.service_name, {})[instance.instance_id] = instance
-            self._count += 1
             instance.published = instance.snapshot()
-            self._seen.touch(instance, now)
-            if instance.heartbeat_only and instance.healthy:
-                self._beating.touch(instance, now)
-            self._touch(instance.service_name)
+            services.setdefault(instance.service_name, {})[instance.instance_id] = instance
             if not instance.heartbeat_only:
                 self.probes.probe_soon(instance)
+        self._count += len(instances)
+        now = self._clock.monotonic()
+        self._seen.add_all(instances, now)
+        self._beating.add_all((i for i in instances if i.heartbeat_only and i.healthy), now)
+        for service_name in services:
+            self._touch(service_name)
 
     def restart_deadlines(self) -> None:
         """Every instance's TTL and heartbeat grace start over now (the server serves from

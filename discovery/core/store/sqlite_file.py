@@ -94,10 +94,10 @@ class StoreFile:
     def load(self) -> Restored:
         """Every stored instance in registration order, and the stored revision."""
         try:
-            rows = self.connection.execute(_SELECT).fetchall()
             found = self.connection.execute("SELECT value FROM meta WHERE key = 'revision'")
             revision = (found.fetchone() or (0,))[0]
-            instances = [instance_of(row) for row in rows]
+            metadata: dict[str, dict[str, str]] = {}
+            instances = [instance_of(row, metadata) for row in self.connection.execute(_SELECT)]
         except (sqlite3.Error, Damaged, ValueError, TypeError) as exc:
             raise _damaged(self.path, exc) from None
         if not isinstance(revision, int):
@@ -181,36 +181,45 @@ def _damaged(path: Path, why: object) -> StoreFailure:
     )
 
 
-def instance_of(row: tuple[Any, ...]) -> Instance:
-    """A stored row as an instance; `Damaged` when it is not what this server writes."""
+def instance_of(row: tuple[Any, ...], parsed: dict[str, dict[str, str]]) -> Instance:
+    """A stored row as an instance; `Damaged` when it is not what this server writes.
+
+    `parsed` caches decoded metadata by its text: instances of one service mostly share it.
+    """
     (service, instance_id, host, port, endpoint, metadata, registered_at, status, load) = row[:9]
     critical, critical_since, last_heartbeat, last_check, revision = row[9:]
-    meta = json.loads(metadata)
+    meta = parsed.get(metadata)
+    if meta is None:
+        meta = parsed[metadata] = _metadata(metadata, service, instance_id)
+    if status not in _STATUSES:
+        raise Damaged(f"status {status!r} of {service}:{instance_id}")
+    if not (isinstance(service, str) and isinstance(instance_id, str) and isinstance(host, str)):
+        raise Damaged(f"a name of {service}:{instance_id}")
+    return Instance(
+        service,
+        instance_id,
+        host,
+        int(port),
+        endpoint,
+        meta,
+        float(registered_at),
+        _STATUSES[status],
+        float(load),
+        bool(critical),
+        critical_since,
+        last_heartbeat,
+        last_check,
+        int(revision),
+    )
+
+
+def _metadata(text: str, service: str, instance_id: str) -> dict[str, str]:
+    meta = json.loads(text)
     if not isinstance(meta, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
     ):
         raise Damaged(f"metadata of {service}:{instance_id}")
-    if status not in _STATUSES:
-        raise Damaged(f"status {status!r} of {service}:{instance_id}")
-    for text in (service, instance_id, host):
-        if not isinstance(text, str):
-            raise Damaged(f"a name of {service}:{instance_id}")
-    return Instance(
-        service_name=service,
-        instance_id=instance_id,
-        host=host,
-        port=int(port),
-        health_endpoint=endpoint,
-        metadata=meta,
-        registered_at=float(registered_at),
-        status=_STATUSES[status],
-        load_percentage=float(load),
-        critical_load=bool(critical),
-        critical_since=critical_since,
-        last_heartbeat=last_heartbeat,
-        last_health_check=last_check,
-        revision=int(revision),
-    )
+    return meta
 
 
 def registration_row(instance: Instance) -> tuple[Any, ...]:
