@@ -3,12 +3,14 @@ deadlines, revisions and Watch resumes (SIGTERM, SIGINT and SIGKILL)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 
 from discovery.testing import eventually
@@ -127,8 +129,6 @@ async def test_a_legacy_client_carries_on_across_restarts_longer_than_its_ttl(
 
 async def _wait(seconds: float) -> float:
     """Let `seconds` pass while no server runs (time itself is what is under test)."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     start = loop.time()
     await asyncio.sleep(seconds)
@@ -214,4 +214,32 @@ async def test_grpc_and_rest_registrations_come_back_with_their_fields(tmp_path:
         assert after["grpc-svc"][0]["health_endpoint"] is None
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.GetService(pb.GetServiceRequest(service_name="nothing"))
-        assert isinstance(httpx.URL(process.rest_url), httpx.URL)
+
+
+def _stored_load(path: Path, instance_id: str) -> float | None:
+    """The load the store file holds for an instance (read beside the running server)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT load_percentage FROM instances WHERE instance_id = ?", (instance_id,)
+        ).fetchone()
+    return None if row is None else float(row[0])
+
+
+async def test_heartbeats_reach_the_file_within_a_second_and_survive_sigkill(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    async with server_on(path) as process, clients(process) as (rest, _):
+        body = registration(instance="loaded")
+        assert (await rest.post("/v1/discovery/register", json=body, headers=AUTH)).is_success
+        beat = {"service_name": "game", "instance_id": "loaded", "load_percentage": 0.55}
+        assert (await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)).is_success
+        took = await eventually(lambda: _stored_load(path, "loaded") == 0.55, within=5)
+        assert took < 2.0, f"the heartbeat took {took:.2f}s to reach the file"
+        before = (await records(rest))["game"][0]
+        await process.kill()
+    async with server_on(path) as process, clients(process) as (rest, _):
+        after = (await records(rest))["game"][0]
+        assert after["load_percentage"] == 0.55
+        assert after["last_heartbeat"] == before["last_heartbeat"]
+        assert after["status"] == before["status"] == "healthy"
