@@ -96,6 +96,11 @@ class SqliteStore:
             await asyncio.to_thread(self._file.close)
             self._file = None
 
+    @property
+    def commits(self) -> int:
+        """Transactions committed since `open()`."""
+        return 0 if self._writer is None else self._writer.commits
+
     async def flush(self) -> None:
         """Write the liveness of every instance touched since the last flush, now."""
         dirty, self._dirty = self._dirty, set()

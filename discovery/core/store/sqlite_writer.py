@@ -55,6 +55,7 @@ class Writer:
         self._queue: queue.SimpleQueue[Write] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self.closed = False
+        self.commits = 0  # transactions committed (fewer than writes: they share commits)
 
     def start(self) -> None:
         self._thread.start()
@@ -90,7 +91,7 @@ class Writer:
                 break
         return batch
 
-    def _commit(self, batch: list[Write]) -> sqlite3.Error | None:
+    def _commit(self, batch: list[Write]) -> Exception | None:
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -101,7 +102,8 @@ class Writer:
                     connection.execute(write.sql, write.params)
             connection.execute(REVISION, (self._revision(),))
             connection.execute("COMMIT")
-        except sqlite3.Error as exc:
+            self.commits += 1
+        except Exception as exc:  # refuse the batch, but keep the thread (and later writes) alive
             if connection.in_transaction:
                 try:
                     connection.execute("ROLLBACK")
@@ -110,13 +112,13 @@ class Writer:
             return exc
         return None
 
-    def _settle(self, batch: list[Write], error: sqlite3.Error | None) -> None:
+    def _settle(self, batch: list[Write], error: Exception | None) -> None:
         # A closed loop (RuntimeError) has nobody waiting any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_settle, batch, error)
 
 
-def _settle(batch: list[Write], error: sqlite3.Error | None) -> None:
+def _settle(batch: list[Write], error: Exception | None) -> None:
     for write in batch:
         future = write.future
         if future is None or future.done():

@@ -1,0 +1,60 @@
+"""The SQLite store on its own: group commit, what a reopened file holds, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from discovery.core.errors import StoreUnavailable
+from discovery.core.model import HealthStatus, Instance
+from discovery.core.store.sqlite import REVISION_MARGIN, SqliteStore
+
+
+def instance(n: int, **fields: object) -> Instance:
+    made = Instance("svc", f"i-{n}", "10.0.0.1", 8000 + n, None, {"n": str(n)}, 1000.0 + n)
+    for name, value in fields.items():
+        setattr(made, name, value)
+    made.published = made.snapshot()
+    return made
+
+
+async def test_concurrent_writes_share_commits_and_come_back_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(path)
+    await store.open(lambda: 42)
+    await asyncio.gather(*(store.put(instance(n)) for n in range(300)))
+    assert store.commits < 300, "every write had a commit of its own"
+    await store.delete("svc", "i-7")
+    await store.delete("svc", "missing")  # no error
+    # Registering again keeps the place and registered_at of the first registration.
+    await store.put(instance(3, port=1, registered_at=5.0))
+    beaten = instance(5, status=HealthStatus.UNHEALTHY, load_percentage=0.4, last_heartbeat=9.0)
+    store.touch(beaten)
+    await store.close()
+
+    again = SqliteStore(path)
+    restored = await again.open(lambda: 0)
+    try:
+        ids = [i.instance_id for i in restored.instances]
+        assert ids == [f"i-{n}" for n in range(300) if n != 7]
+        third = restored.instances[3]
+        assert (third.port, third.registered_at, third.metadata) == (1, 1003.0, {"n": "3"})
+        fifth = restored.instances[5]
+        assert (fifth.status, fifth.load_percentage, fifth.last_heartbeat) == (
+            HealthStatus.UNHEALTHY,
+            0.4,
+            9.0,
+        )
+        assert restored.revision == 42 + REVISION_MARGIN
+    finally:
+        await again.close()
+
+
+async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "registry.db")
+    await store.open(lambda: 0)
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.put(instance(1))
