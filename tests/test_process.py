@@ -152,8 +152,12 @@ async def test_log_level_is_case_insensitive_and_ports_are_still_announced(level
     await process.read_until_listening()
     process.proc.send_signal(signal.SIGTERM)
     assert await process.finish() == 0
-    other_info = [line for line in process.lines if " INFO " in line and "listening on" not in line]
+    announced = ("listening on", "Store: ")  # the ports and the store are always announced
+    other_info = [
+        line for line in process.lines if " INFO " in line and not any(a in line for a in announced)
+    ]
     assert other_info == []
+    assert sum("Store: memory" in line for line in process.lines) == 1
 
 
 async def test_a_port_in_use_fails_clearly() -> None:

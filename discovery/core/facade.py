@@ -34,6 +34,9 @@ from discovery.core.watch.queue import Watcher
 from discovery.core.writes import WriteGate
 
 log = logging.getLogger("discovery.core")
+# Which store the state comes from is announced whatever LOG_LEVEL says, like the ports.
+store_log = logging.getLogger("discovery.store")
+store_log.setLevel(logging.INFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +202,9 @@ class DiscoveryCore:
         self.watch_hub.reload()
         self.alert_book.restore(restored.instances)
         if self.store.description == "memory":
-            log.info("Store: memory")
+            store_log.info("Store: memory")
         else:
-            log.info(
+            store_log.info(
                 "Store: %s (%d instances restored)", self.store.description, len(self.registry)
             )
         self.spawn("registry-sweeper", self._sweep_forever)
