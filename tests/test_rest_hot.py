@@ -25,7 +25,9 @@ def without_hot_paths(app: FastAPI) -> FastAPI:
 
 @pytest.fixture
 def core() -> DiscoveryCore:
-    return DiscoveryCore(Settings(secret=SECRET), FakeClock(wall=1_800_000_000.123456))
+    return DiscoveryCore(
+        Settings(secret=SECRET, store="memory"), FakeClock(wall=1_800_000_000.123456)
+    )
 
 
 @pytest.fixture
