@@ -72,7 +72,8 @@ async def test_a_full_disk_refuses_writes_and_applies_none_of_them(tmp_path: Pat
 async def test_a_second_server_on_the_same_file_refuses_to_start(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     async with server_on(path) as first, clients(first) as (rest, _):
-        assert await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
+        answer = await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
+        assert answer.status_code == 200
         second = await ServerProcess.start(env=store_env(path), wait=False)
         assert await second.wait() == 1
         assert "in use by another process" in one_line_error(second)
@@ -108,7 +109,8 @@ async def test_a_foreign_database_is_not_taken_for_an_empty_store(tmp_path: Path
 async def test_a_store_with_damaged_rows_stops_start_up(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     async with server_on(path) as process, clients(process) as (rest, _):
-        assert await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
+        answer = await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)
+        assert answer.status_code == 200
         assert await process.stop() == 0
     with sqlite3.connect(path) as db:
         db.execute("UPDATE instances SET metadata = '[1, 2]', status = 'sleepy'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import grpc
 import pytest
 
+from discovery.client import Backoff, DiscoveryClient, ServiceWatcher
 from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
-from tests.conftest import AUTH, GRPC_AUTH, registration
+from tests.conftest import AUTH, GRPC_AUTH, SECRET, registration
 from tests.instances import fake_instances
 from tests.store_processes import clients, records, server_on
 
@@ -243,3 +245,49 @@ async def test_heartbeats_reach_the_file_within_a_second_and_survive_sigkill(
         assert after["load_percentage"] == 0.55
         assert after["last_heartbeat"] == before["last_heartbeat"]
         assert after["status"] == before["status"] == "healthy"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_the_sdk_client_and_watcher_carry_on_across_a_sigkill_restart(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    port = _free_port()
+    env = {"SERVICE_DISCOVERY_GRPC_PORT": str(port)}
+    target = f"127.0.0.1:{port}"
+    backoff = Backoff(initial=0.05, maximum=0.5)
+    async with (
+        server_on(path, env) as first,
+        DiscoveryClient(target, secret=SECRET, backoff=backoff, heartbeat_interval=0.1) as sdk,
+        ServiceWatcher(target, ["game"], backoff=backoff) as watcher,
+    ):
+        await sdk.register("game", "sdk-1", "127.0.0.1", 9000, health_endpoint=None)
+        await eventually(lambda: [i.instance_id for i in watcher.instances("game")] == ["sdk-1"])
+        await first.kill()
+        async with server_on(path, env) as second, clients(second) as (rest, _):
+            assert "(1 instances restored)" in second.output
+            restored = (await records(rest))["game"][0]["last_heartbeat"]
+
+            async def beating() -> bool:
+                found = (await records(rest)).get("game", [])
+                return bool(found) and found[0]["last_heartbeat"] != restored
+
+            await eventually(beating, within=10)  # the KeepAlive stream is back
+            body = registration(instance="rest-1")
+            answer = await rest.post("/v1/discovery/register", json=body, headers=AUTH)
+            assert answer.status_code == 200
+            await eventually(
+                lambda: {i.instance_id for i in watcher.instances("game")} == {"sdk-1", "rest-1"},
+                within=10,
+            )
+            healthy = (await rest.get("/v1/discovery/services/game/healthy")).json()
+            assert {i["instance_id"] for i in healthy["healthy_instances"]} == {
+                "sdk-1",
+                "rest-1",
+            }
+            await sdk.close(unregister=False)
