@@ -19,7 +19,7 @@ from typing import Protocol
 from discovery.core.clock import Clock
 from discovery.core.critical_load import CriticalLoadPolicy
 from discovery.core.errors import InstanceNotFound, LimitExceeded, ServiceNotFound
-from discovery.core.interning import MetadataPool, name
+from discovery.core.interning import Metadata, MetadataPool, name
 from discovery.core.liveness import Deadlines
 from discovery.core.metrics import HEARTBEAT_GRACE, STREAM_BROKEN, TTL, Metrics
 from discovery.core.model import Change, EventType, HealthStatus, Instance, Registration
@@ -190,11 +190,15 @@ class Registry:
         """
         self._revision = max(self._revision, revision)
         services = self._services
-        share = self._metadata.share
+        # Restored instances of a fleet mostly hold the same metadata object: share it once.
+        shared: dict[int, Metadata] = {}
         for instance in instances:
             instance.service_name = name(instance.service_name)
             instance.host = name(instance.host)
-            instance.metadata = share(instance.metadata)
+            metadata = shared.get(id(instance.metadata))
+            if metadata is None:
+                metadata = shared[id(instance.metadata)] = self._metadata.share(instance.metadata)
+            instance.metadata = metadata
             instance.revision = min(instance.revision, self._revision)
             instance.published = instance.snapshot()
             services.setdefault(instance.service_name, {})[instance.instance_id] = instance
