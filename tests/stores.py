@@ -70,6 +70,9 @@ class RecordingStore:
     def touch(self, instance: Instance) -> None:
         self.touched.add(instance)
 
+    def changed(self, instance: Instance) -> None:
+        self.touched.add(instance)
+
     async def close(self) -> None:
         if self._committer is not None:
             self._committer.cancel()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from discovery.core.errors import StoreUnavailable
 from discovery.core.model import HealthStatus, Instance
+from discovery.core.store.base import Restored
 from discovery.core.store.sqlite import REVISION_MARGIN, SqliteStore
+from discovery.testing import eventually
 
 
 def instance(n: int, **fields: object) -> Instance:
@@ -58,3 +62,42 @@ async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.put(instance(1))
+
+
+def _stored_status(path: Path, instance_id: str) -> str | None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT status FROM instances WHERE instance_id = ?", (instance_id,)
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+async def test_a_change_watchers_see_is_written_without_waiting_for_the_flush(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(path, flush_interval=3600)  # only `changed` can write it
+    await store.open(lambda: 0)
+    try:
+        probed = instance(1, status=HealthStatus.UNKNOWN)
+        await store.put(probed)
+        probed.status = HealthStatus.UNHEALTHY
+        store.touch(probed)
+        probed.status = HealthStatus.HEALTHY
+        store.changed(probed)
+        await eventually(lambda: _stored_status(path, "i-1") == "healthy")
+        quiet = instance(2)
+        await store.put(quiet)
+        quiet.load_percentage = 0.3
+        store.touch(quiet)  # a heartbeat: waits for the flush (here: close)
+    finally:
+        await store.close()
+    assert [i.load_percentage for i in (await _reopen(path)).instances] == [0.0, 0.3]
+
+
+async def _reopen(path: Path) -> Restored:
+    store = SqliteStore(path)
+    try:
+        return await store.open(lambda: 0)
+    finally:
+        await store.close()

@@ -241,7 +241,6 @@ class Registry:
         heard = self._mark_seen(instance)
         self._revive(instance, heard)
         self._publish(instance, healthy_before=False)
-        self._touch_store(instance)
         if not instance.heartbeat_only:
             self.probes.probe_soon(instance)
         return instance, True
@@ -447,6 +446,8 @@ class Registry:
         instance.revision = self._revision
         instance.published = snapshot = instance.snapshot()
         change = Change(kind, snapshot, self._revision, healthy_before)
+        if kind is EventType.PUT:
+            self._store.changed(instance)
         for listener in self._listeners:
             try:
                 listener(change)

@@ -11,7 +11,8 @@ The registry stays the fast in-memory read model; a store keeps what must outliv
 - Liveness (heartbeats, load, status, critical load, probe times) changes far more often and is
   only handed over with `touch`, which must be cheap (it is on the heartbeat hot path); the
   store writes the instance's liveness later, in batches, at least every second and at
-  `close()`.
+  `close()`. A change watchers can see (status, critical load) is handed over with `changed`
+  and written at once.
 
 `open()` returns what the store held, and the revision the registry must pass before it hands
 out another one (so revisions never go backwards across restarts).
@@ -73,6 +74,10 @@ class Store(Protocol):
 
     def touch(self, instance: Instance) -> None:
         """The instance's liveness changed: write it soon (at least within a second)."""
+
+    def changed(self, instance: Instance) -> None:
+        """A change watchers see (status, critical load, a load step): write the instance's
+        liveness right away, with whatever else is pending."""
 
     async def close(self) -> None:
         """Write everything pending and let go of the store."""

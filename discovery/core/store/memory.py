@@ -28,5 +28,8 @@ class MemoryStore:
     def touch(self, instance: Instance) -> None:
         pass
 
+    def changed(self, instance: Instance) -> None:
+        pass
+
     async def close(self) -> None:
         pass

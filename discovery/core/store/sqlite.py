@@ -4,7 +4,8 @@ Registrations and unregistrations are acknowledged once their transaction commit
 writer thread commits whatever is queued together: group commit). Liveness is not written one
 heartbeat at a time: `touch` only notes the instance, and every `FLUSH_INTERVAL` the liveness of
 the noted instances is written in one transaction, as is everything at `close()`. So after a
-SIGKILL, liveness is that of a moment at most about one interval (plus a commit) old.
+SIGKILL, liveness is that of a moment at most about one interval (plus a commit) old. A change
+watchers see (`changed`: status, critical load) starts a flush at once.
 
 Revisions: the registry's revision is written with every transaction. A restarted registry
 starts past it by `REVISION_MARGIN`, more than the changes of the last unwritten interval can
@@ -52,6 +53,8 @@ class SqliteStore:
         self._flusher: asyncio.Task[None] | None = None
         self._dirty: set[Instance] = set()
         self._failing = False
+        self._flush_soon = False
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def open(self, revision: Callable[[], int]) -> Restored:
         """Take the file and read it (off the loop); `StoreFailure` when it cannot be used."""
@@ -81,6 +84,13 @@ class SqliteStore:
     def touch(self, instance: Instance) -> None:
         self._dirty.add(instance)
 
+    def changed(self, instance: Instance) -> None:
+        self._dirty.add(instance)
+        if not self._flush_soon and self._writer is not None:
+            # Changes made in the same turn of the loop share one flush.
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
     async def close(self) -> None:
         """Write the pending liveness, stop the writer, close the file."""
         if self._flusher is not None:
@@ -88,6 +98,8 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        if self._flushes:
+            await asyncio.wait(self._flushes)
         if self._writer is not None and not self._writer.closed:
             with contextlib.suppress(StoreUnavailable):
                 await self.flush()
@@ -120,11 +132,20 @@ class SqliteStore:
             log.info("Store: liveness written again")
         self._failing = False
 
+    def _flush_now(self) -> None:
+        self._flush_soon = False
+        task = asyncio.get_running_loop().create_task(self._flush_quietly())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(StoreUnavailable):  # logged by flush(), retried by the next
+            await self.flush()
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self._flush_interval)
-            with contextlib.suppress(StoreUnavailable):
-                await self.flush()
+            await self._flush_quietly()
 
     def _submit(self, write: Write) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
