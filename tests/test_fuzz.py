@@ -33,6 +33,7 @@ def rest_url() -> Iterator[str]:
         "SERVICE_DISCOVERY_PORT": "0",
         "SERVICE_DISCOVERY_GRPC_PORT": "0",
         "SERVICE_DISCOVERY_SECRET": SECRET,
+        "SERVICE_DISCOVERY_STORE": "memory",
         "HEALTH_CHECK_TIMEOUT_SECONDS": "0.2",
         "MAX_INSTANCES_PER_SERVICE": "50",
     }
