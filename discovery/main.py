@@ -48,7 +48,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: exit 2 on bad settings (TLS files included), 1 when a port cannot be
-    bound, else 0."""
+    bound or the store cannot be used (taken, damaged, not writable), else 0."""
     try:
         settings = parse_args(argv, os.environ)
         load_server_tls(settings)  # unusable TLS files are bad settings too
