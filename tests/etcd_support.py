@@ -1,0 +1,211 @@
+"""Real etcd for the replica tests: one member or a three-member cluster on free loopback ports,
+scratch data folders, stopped by process id. Members can be stopped and started again on the
+same ports and data (an outage, a lost leader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Member:
+    """One etcd member: its ports, data folder and (while it runs) its process."""
+
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: str
+    cluster: str = ""
+    state: str = "new"
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_path: str = ""
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        """Start the member (again, on the same ports and data)."""
+        assert self.proc is None or self.proc.poll() is not None
+        command = [
+            ETCD,
+            "--name",
+            self.name,
+            "--data-dir",
+            self.data_dir,
+            "--listen-client-urls",
+            self.client_url,
+            "--advertise-client-urls",
+            self.client_url,
+            "--listen-peer-urls",
+            self.peer_url,
+            "--initial-advertise-peer-urls",
+            self.peer_url,
+            "--initial-cluster",
+            self.cluster,
+            "--initial-cluster-state",
+            self.state,
+            "--initial-cluster-token",
+            "discovery-tests",
+            # Fast elections: a lost leader is replaced within about a second.
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "warn",
+            "--logger",
+            "zap",
+        ]
+        self.log_path = os.path.join(os.path.dirname(self.data_dir), f"{self.name}.log")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the member by its process id (SIGKILL after 10 s)."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def healthy(self) -> bool:
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as answer,
+        ):
+            return bool(json.load(answer).get("health") == "true")
+        return False
+
+    def is_leader(self) -> bool:
+        """Whether this member leads (from its JSON gateway's status)."""
+        request = urllib.request.Request(
+            f"{self.client_url}/v3/maintenance/status", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            status = json.load(answer)
+        return bool(status["header"]["member_id"] == status["leader"])
+
+    def tail(self) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
+            return log.read()[-2000:].decode(errors="replace")
+        return ""
+
+
+class Etcd:
+    """A running etcd (one member or several), for `SERVICE_DISCOVERY_STORE`."""
+
+    def __init__(self, members: Sequence[Member], root: str) -> None:
+        self.members = list(members)
+        self._root = root
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def store(self, prefix: str = "/service-discovery") -> str:
+        """The `SERVICE_DISCOVERY_STORE` value for this etcd."""
+        return f"etcd://{self.endpoints}{prefix}"
+
+    async def wait_healthy(self, within: float = 30.0) -> None:
+        """Until every running member answers healthy (a leader is elected)."""
+        deadline = time.monotonic() + within
+        running = [m for m in self.members if m.proc is not None and m.proc.poll() is None]
+        while time.monotonic() < deadline:
+            checks = await asyncio.gather(*(asyncio.to_thread(m.healthy) for m in running))
+            if all(checks):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            "etcd did not become healthy: " + " | ".join(m.tail() for m in running)
+        )
+
+    def leader(self) -> Member:
+        for member in self.members:
+            if member.proc is not None and member.proc.poll() is None and member.is_leader():
+                return member
+        raise AssertionError("no etcd leader")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def start(self) -> None:
+        for member in self.members:
+            member.state = "existing"
+            member.start()
+
+    def json_get_prefix(self, prefix: str) -> list[tuple[str, str]]:
+        """Every key and value under `prefix`, read over the JSON gateway (base64 on the wire)."""
+        import base64
+
+        key = prefix.encode()
+        end = key[:-1] + bytes([key[-1] + 1])
+        body = json.dumps(
+            {"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode()}
+        ).encode()
+        for member in self.members:
+            if member.proc is None or member.proc.poll() is not None:
+                continue
+            request = urllib.request.Request(f"{member.client_url}/v3/kv/range", data=body)
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                kvs = json.load(answer).get("kvs", [])
+            return [
+                (base64.b64decode(kv["key"]).decode(), base64.b64decode(kv["value"]).decode())
+                for kv in kvs
+            ]
+        raise AssertionError("no etcd member running")
+
+
+@contextlib.asynccontextmanager
+async def running_etcd(size: int = 1) -> AsyncIterator[Etcd]:
+    """Start an etcd of `size` members on free ports with scratch data; stop it at the end."""
+    root = tempfile.mkdtemp(prefix="discovery-etcd-")
+    members = [
+        Member(f"m{i}", free_port(), free_port(), os.path.join(root, f"m{i}.data"))
+        for i in range(size)
+    ]
+    cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
+    etcd = Etcd(members, root)
+    try:
+        for member in members:
+            member.cluster = cluster
+            member.start()
+        await etcd.wait_healthy()
+        yield etcd
+    finally:
+        etcd.stop()
+        shutil.rmtree(root, ignore_errors=True)
