@@ -22,6 +22,7 @@ from discovery.core.clock import Clock
 from discovery.core.facade import DiscoveryCore
 from discovery.core.settings import Settings
 from discovery.core.store.base import Store
+from discovery.etcd.store import EtcdStore
 from discovery.heap import settle_heap
 from discovery.rpc.health import HealthService
 from discovery.rpc.servicer import build_server
@@ -51,7 +52,7 @@ class DiscoveryServer:
         self, settings: Settings, clock: Clock | None = None, store: Store | None = None
     ) -> None:
         self.settings = settings
-        self.core = DiscoveryCore(settings, clock, store)
+        self.core = DiscoveryCore(settings, clock, store or _store(settings))
         self.rest_port = 0
         self.grpc_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -141,6 +142,13 @@ class DiscoveryServer:
                 log.warning("A server did not stop cleanly: %r", outcome)
         await self.core.stop()
         log.info("Stopped")
+
+
+def _store(settings: Settings) -> Store | None:
+    """The store `SERVICE_DISCOVERY_STORE` names (None: the core's default)."""
+    if settings.etcd is not None:
+        return EtcdStore(settings)
+    return None
 
 
 def _join(host: str, port: int) -> str:

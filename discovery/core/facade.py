@@ -28,6 +28,7 @@ from discovery.core.registry import Registry
 from discovery.core.settings import Settings
 from discovery.core.store.base import Store
 from discovery.core.store.location import store_at
+from discovery.core.store.shared import SharedStore
 from discovery.core.watch.events import WatchSelector
 from discovery.core.watch.hub import WatchHub
 from discovery.core.watch.queue import Watcher
@@ -77,6 +78,10 @@ class DiscoveryCore:
         self.watch_hub = WatchHub(self.registry, settings, self.metrics)
         self.on_shutdown(self.watch_hub.close)
         self.keepalive = KeepAliveSessions(self)
+        # A store shared by replicas (etcd) feeds the registry itself: see `SharedStore`.
+        self.shared = isinstance(self.store, SharedStore)
+        if isinstance(self.store, SharedStore):
+            self.store.bind(self)
 
     # -- writes (callers have authenticated and validated) ----------------------------------
     # `via` names the protocol a write came in by (`discovery.core.metrics`), for the counts.
@@ -90,13 +95,19 @@ class DiscoveryCore:
         key = (registration.service_name, registration.instance_id)
         with self._writes.registering(key):
             record = self.registry.record_of(registration)
+            existed = self.registry.get(*key) is not None
             await self.store.put(record)
-            try:
-                instance, created = self.registry.register(registration, record.registered_at)
-            except LimitExceeded:
-                # Cannot happen while the gate counts right; if it does, take the write back.
-                self.store.forget(*key)
-                raise
+            if self.shared:
+                # Applied from the store's watch before `put` returned; gone again only if
+                # another replica removed it meanwhile.
+                instance, created = self.registry.get(*key) or record, not existed
+            else:
+                try:
+                    instance, created = self.registry.register(registration, record.registered_at)
+                except LimitExceeded:
+                    # Cannot happen while the gate counts right; if it does, take it back.
+                    self.store.forget(*key)
+                    raise
         self.metrics.registrations[via] += 1
         if created:
             log.info(
@@ -124,8 +135,10 @@ class DiscoveryCore:
 
     async def _unregister(self, service_name: str, instance_id: str, via: str) -> Instance:
         with self._writes.unregistering((service_name, instance_id)):
+            instance = self.registry.require(service_name, instance_id)
             await self.store.delete(service_name, instance_id)
-            instance = self.registry.unregister(service_name, instance_id)
+            if not self.shared:  # a shared store's watch has removed it already
+                instance = self.registry.unregister(service_name, instance_id)
         self.metrics.unregistrations[via] += 1
         log.info("Unregistered %s:%s", service_name, instance_id)
         return instance
@@ -198,16 +211,18 @@ class DiscoveryCore:
         sweeps, the load meter, probes and alert delivery. `StoreFailure` when the store
         cannot be used."""
         restored = await self.store.open(lambda: self.registry.revision)
-        self.registry.restore(restored.instances, restored.revision)
-        self.watch_hub.reload()
-        self.alert_book.restore(restored.instances)
+        if not self.shared:  # a shared store loads the registry itself, at its revision
+            self.registry.restore(restored.instances, restored.revision)
+            self.watch_hub.reload()
+        self.alert_book.restore(list(self.registry.all_instances()))
         if self.store.description == "memory":
             store_log.info("Store: memory")
         else:
             store_log.info(
                 "Store: %s (%d instances restored)", self.store.description, len(self.registry)
             )
-        self.spawn("registry-sweeper", self._sweep_forever)
+        if not self.shared:  # a shared store expires instances once for every replica
+            self.spawn("registry-sweeper", self._sweep_forever)
         self.spawn("process-load", self.process_load.run)
         self.spawn("health-monitor", self.monitor.run)
         if self.webhook is not None:

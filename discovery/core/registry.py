@@ -46,6 +46,15 @@ class ProbeTargets(Protocol):
         """Stop probing the instance `key` (gone, or heartbeat-only now)."""
 
 
+class Follower(Protocol):
+    """A shared store the registry follows (etcd): changes decided here are written there first,
+    and come back through `apply` with the store's revision."""
+
+    def propose(self, instance: Instance) -> None:
+        """A watcher-visible change of `instance` was decided here: write it at once (what
+        only readers see reaches the store through `Store.touch`)."""
+
+
 class _NoProbes:
     def probe_soon(self, instance: Instance) -> None:
         pass
@@ -87,6 +96,7 @@ class Registry:
         # Instances with a registration or unregistration in flight (between the store write and
         # its application here): the TTL sweep spares them, so an expiry cannot slip between.
         self.writing: Collection[Key] = frozenset()
+        self.follower: Follower | None = None
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -328,6 +338,76 @@ class Registry:
             self._settle(instance, healthy_before=True)
         return self._next_deadline(now)
 
+    # -- following a shared store (etcd) ----------------------------------------------------
+
+    def is_severed(self, instance: Instance) -> bool:
+        """Downed by a broken KeepAlive stream and not heard from since."""
+        return instance in self._severed
+
+    def lapse(self, instance: Instance) -> None:
+        """A heartbeat-only instance missed its heartbeat grace (decided by its owner)."""
+        if instance.heartbeat_only and instance.healthy:
+            instance.status = HealthStatus.UNHEALTHY
+            self._settle(instance, healthy_before=True)
+
+    def load(self, records: list[tuple[Instance, bool]], revision: int) -> None:
+        """Start from a shared store's state at `revision`: instances in registration order,
+        each with whether it is severed. Nothing is published (no watcher exists yet)."""
+        self._revision = revision
+        for record, severed in records:
+            instance = self._insert(record)
+            instance.published = instance.snapshot()
+            if severed:
+                self._severed.add(instance)
+            if not instance.heartbeat_only:
+                self.probes.probe_soon(instance)
+
+    def apply(self, record: Instance, revision: int, visible: bool, severed: bool) -> None:
+        """A record written to the shared store (by any replica), at the store's `revision`.
+
+        Published to watchers when the writer marked it `visible`; otherwise only readers see
+        the new times and load.
+        """
+        existing = self.get(record.service_name, record.instance_id)
+        if existing is None:
+            instance = self._insert(record)
+            healthy_before, retarget, was_severed = False, True, False
+        else:
+            instance, healthy_before = existing, existing.healthy
+            was_severed = instance in self._severed
+            retarget = (instance.address, instance.health_endpoint) != (
+                record.address,
+                record.health_endpoint,
+            )
+            _copy_into(instance, record, self._metadata)
+        self._touch(instance.service_name)
+        if severed:
+            self._severed.add(instance)
+        else:
+            self._severed.discard(instance)
+        if instance.heartbeat_only:
+            self.probes.drop(instance.key)
+        elif retarget or (was_severed and not severed):
+            self.probes.probe_soon(instance)
+        if visible or existing is None:
+            self._emit(instance, healthy_before, EventType.PUT, revision)
+
+    def apply_delete(self, service_name: str, instance_id: str, revision: int) -> None:
+        """An instance removed from the shared store (unregistered or expired) at `revision`."""
+        instance = self.get(service_name, instance_id)
+        if instance is not None:
+            self._delete(instance, revision)
+
+    def _insert(self, record: Instance) -> Instance:
+        instance = record.snapshot()
+        instance.service_name = name(record.service_name)
+        instance.host = name(record.host)
+        instance.metadata = self._metadata.share(record.metadata)
+        self._services.setdefault(instance.service_name, {})[instance.instance_id] = instance
+        self._count += 1
+        self._touch(instance.service_name)
+        return instance
+
     # -- internals --------------------------------------------------------------------------
 
     def _next_deadline(self, now: float) -> float:
@@ -420,6 +500,21 @@ class Registry:
             self._publish(instance, healthy_before)
 
     def _remove(self, instance: Instance) -> None:
+        if self.follower is not None:
+            # Removal is the shared store's (unregister, expiry by the owner): see `apply_delete`.
+            return
+        self._delete(instance, self._revision + 1)
+
+    def _delete(self, instance: Instance, revision: int) -> None:
+        healthy_before = instance.healthy
+        self._drop(instance)
+        instance.critical_load = False
+        instance.critical_since = None
+        self._emit(instance, healthy_before, EventType.DELETE, revision)
+        instance.published = None
+
+    def _drop(self, instance: Instance) -> None:
+        """Take `instance` out of every index (its DELETE is published by the caller)."""
         key = instance.key
         instances = self._services[instance.service_name]
         del instances[instance.instance_id]
@@ -433,16 +528,20 @@ class Registry:
         self._touch(instance.service_name)
         if instance.service_name not in self._services:
             del self._versions[instance.service_name]
-        healthy_before = instance.healthy
-        instance.critical_load = False
-        instance.critical_since = None
-        self._publish(instance, healthy_before, EventType.DELETE)
-        instance.published = None
 
     def _publish(
         self, instance: Instance, healthy_before: bool, kind: EventType = EventType.PUT
     ) -> None:
-        self._revision += 1
+        if self.follower is not None:
+            # Decided here, published when the shared store hands it back with its revision.
+            self.follower.propose(instance)
+            return
+        self._emit(instance, healthy_before, kind, self._revision + 1)
+
+    def _emit(
+        self, instance: Instance, healthy_before: bool, kind: EventType, revision: int
+    ) -> None:
+        self._revision = revision
         instance.revision = self._revision
         instance.published = snapshot = instance.snapshot()
         change = Change(kind, snapshot, self._revision, healthy_before)
@@ -453,3 +552,20 @@ class Registry:
                 listener(change)
             except Exception:  # a faulty listener must not break the registry or its callers
                 log.exception("Registry listener %r failed", listener)
+
+
+def _copy_into(instance: Instance, record: Instance, pool: MetadataPool) -> None:
+    """Take every field of `record` except the newest sign of life, which may be newer here."""
+    instance.host, instance.port = name(record.host), record.port
+    instance.health_endpoint = record.health_endpoint
+    instance.metadata = pool.share(record.metadata)
+    instance.registered_at = record.registered_at
+    instance.status = record.status
+    instance.load_percentage = record.load_percentage
+    instance.critical_load = record.critical_load
+    instance.critical_since = record.critical_since
+    instance.last_health_check = record.last_health_check
+    if record.last_heartbeat is not None and (
+        instance.last_heartbeat is None or record.last_heartbeat > instance.last_heartbeat
+    ):
+        instance.last_heartbeat = record.last_heartbeat

@@ -24,6 +24,35 @@ class ConfigError(ValueError):
         self.variable = variable
 
 
+DEFAULT_PREFIX = "/service-discovery"
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdTarget:
+    """The endpoints of one etcd cluster and the key prefix every server key lies under."""
+
+    endpoints: tuple[str, ...]
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def parse(cls, url: str) -> EtcdTarget:
+        """`ValueError` naming what is wrong with `url`."""
+        rest = url.removeprefix("etcd://")
+        hosts, slash, path = rest.partition("/")
+        prefix = "/" + path if slash else DEFAULT_PREFIX
+        if prefix == "/" or prefix.endswith("/"):
+            raise ValueError("the prefix must not be empty or end with '/'")
+        endpoints = tuple(hosts.split(","))
+        for endpoint in endpoints:
+            host, colon, port = endpoint.rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"expected HOST:PORT, got {endpoint!r}")
+        return cls(endpoints, prefix)
+
+    def __str__(self) -> str:
+        return f"{','.join(self.endpoints)} {self.prefix}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the process can be told. Durations are seconds and accept fractions."""
@@ -63,8 +92,20 @@ class Settings:
     tls_client_ca_file: str | None = None
     xds_lb_policy: str = "round_robin"
     xds_dns_refresh: float = 30.0
-    #: Where the registry's state is kept: `sqlite:PATH`, `memory` (see `discovery.core.store`).
+    #: Where the registry's state is kept: `sqlite:PATH`, `memory`, `etcd://...` (see
+    #: `discovery.core.store`).
     store: str = "sqlite:data/registry.db"
+    etcd_username: str | None = None
+    etcd_password: str | None = None
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    replica_ttl: float = 5.0
+
+    @property
+    def etcd(self) -> EtcdTarget | None:
+        """Where the etcd store is, when `store` names one."""
+        return EtcdTarget.parse(self.store) if self.store.startswith("etcd://") else None
 
     @property
     def heartbeat_grace(self) -> float:
@@ -185,8 +226,9 @@ def _store(raw: str) -> str:
             raise ValueError("sqlite: needs a file path, as in sqlite:data/registry.db")
         return raw
     if raw.startswith("etcd://"):
-        raise ValueError("the etcd store is not available yet; use sqlite:PATH or memory")
-    raise ValueError("expected sqlite:PATH or memory")
+        EtcdTarget.parse(raw)
+        return raw
+    raise ValueError("expected sqlite:PATH, memory or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
 
 
 def _store_form(value: str) -> str | None:
@@ -195,6 +237,19 @@ def _store_form(value: str) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def _readable_file(raw: str) -> str:
+    try:
+        with open(raw, "rb"):
+            return raw
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror}") from None
+
+
+def _replica_ttl(value: float) -> str | None:
+    # etcd grants no lease shorter than about 2 s.
+    return None if value >= 2 else "must be at least 2"
 
 
 def _port(value: int) -> str | None:
@@ -251,6 +306,12 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "xds_lb_policy": ("XDS_LB_POLICY", _lb_policy),
     "xds_dns_refresh": ("XDS_DNS_REFRESH_SECONDS", _seconds),
     "store": ("SERVICE_DISCOVERY_STORE", _store),
+    "etcd_username": ("SERVICE_DISCOVERY_ETCD_USERNAME", _optional_text),
+    "etcd_password": ("SERVICE_DISCOVERY_ETCD_PASSWORD", _optional_text),
+    "etcd_ca_file": ("SERVICE_DISCOVERY_ETCD_CA_FILE", _readable_file),
+    "etcd_cert_file": ("SERVICE_DISCOVERY_ETCD_CERT_FILE", _readable_file),
+    "etcd_key_file": ("SERVICE_DISCOVERY_ETCD_KEY_FILE", _readable_file),
+    "replica_ttl": ("SERVICE_DISCOVERY_REPLICA_TTL_SECONDS", _seconds),
 }
 
 _RULES: dict[str, Callable[[Any], str | None]] = {
@@ -274,6 +335,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "watch_progress_interval": _progress,
     "shutdown_grace": _non_negative,
     "xds_dns_refresh": _positive,
+    "replica_ttl": _replica_ttl,
 }
 
 #: Field name -> environment variable, for the README and the CLI help.

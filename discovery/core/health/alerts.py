@@ -28,6 +28,9 @@ class AlertBook:
         self._now = now
         self._active: dict[tuple[str, str], Alert] = {}
         self._sinks: list[AlertSink] = []
+        #: Whether this process delivers the alerts of an instance to the sinks (replicas on a
+        #: shared store: only the instance's owner does, so the webhook hears each alert once).
+        self.deliver_for: Callable[[tuple[str, str]], bool] = lambda key: True
 
     def add_sink(self, sink: AlertSink) -> None:
         """Call `sink(event, alert, at)` for every raise and clear."""
@@ -72,6 +75,8 @@ class AlertBook:
             self._emit("alert.cleared", alert)
 
     def _emit(self, event: AlertEvent, alert: Alert) -> None:
+        if not self.deliver_for((alert.service_name, alert.instance_id)):
+            return
         at = self._now()
         for sink in self._sinks:
             try:

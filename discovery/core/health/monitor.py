@@ -100,6 +100,10 @@ class HealthMonitor:
         """Stop probing `key`; a result still in flight for it will be ignored."""
         self._schedule.discard(key)
 
+    def probing(self, key: Key) -> bool:
+        """Whether `key` is on the schedule."""
+        return self._schedule.get(key) is not None
+
     # -- running ------------------------------------------------------------------------------
 
     def __len__(self) -> int:

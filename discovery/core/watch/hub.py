@@ -20,6 +20,7 @@ into their own messages.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 
@@ -68,6 +69,10 @@ class _Fanout:
         return self._exit
 
 
+def _revision_of(fanout: _Fanout) -> int:
+    return fanout.change.revision
+
+
 def _alone(event: WatchEvent) -> WatchBatch:
     """The live message of one event, shared by every watcher that has nothing else queued."""
     return WatchBatch(event.revision, (event,))
@@ -93,6 +98,8 @@ class WatchHub:
         self._current: dict[str, dict[str, WatchEvent]] = {}
         # Recent changes with their (shared, already encoded) events, for resumes.
         self._recent: deque[_Fanout] = deque(maxlen=settings.watch_history_size)
+        # The revision up to which history has been dropped: resumes from before it get a reset.
+        self._floor = 0
         self.reload()
         registry.subscribe(self._on_change)
 
@@ -101,6 +108,7 @@ class WatchHub:
         a resume from an earlier revision then gets a reset snapshot."""
         self._current.clear()
         self._recent.clear()
+        self._floor = self._registry.revision
         for instance in self._registry.all_instances():
             snap = instance.published or instance.snapshot()
             event = WatchEvent(EventType.PUT, snap, instance.revision)
@@ -197,17 +205,20 @@ class WatchHub:
     def _since(self, revision: int) -> list[_Fanout] | None:
         """The changes after `revision`, or None when the history cannot tell them all (gone,
         from before this registry, or ahead of it)."""
-        # Contiguous: the registry raises its revision by one per change, and tells the hub.
+        # Revisions grow but may skip numbers (a shared store's revisions count its internal
+        # writes too), so the first change after `revision` is found by bisection.
         recent = self._recent
-        current = self._registry.revision
-        floor = recent[0].change.revision - 1 if recent else current
-        if revision < floor or revision > current:
+        if revision < self._floor or revision > self._registry.revision:
             return None
-        return list(itertools.islice(recent, revision - floor, None))
+        start = bisect.bisect_right(recent, revision, key=_revision_of)
+        return list(itertools.islice(recent, start, None))
 
     def _on_change(self, change: Change) -> None:
         fanout = _Fanout(change)
-        self._recent.append(fanout)
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self._floor = recent[0].change.revision
+        recent.append(fanout)
         instance = change.instance
         name = instance.service_name
         if change.type is EventType.PUT:
