@@ -125,6 +125,11 @@ class EtcdStore:
             ("etcd-sweeper", self._writer.sweep_forever()),
         ):
             self._tasks.append(asyncio.get_running_loop().create_task(work, name=name))
+        log.info(
+            "Replica %s joined (replica TTL %ss)",
+            self.membership.replica_id,
+            self.settings.replica_ttl,
+        )
         return Restored(revision=loaded_at)
 
     async def put(self, instance: Instance) -> None:
