@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -38,6 +39,11 @@ def body(instance: str, port: int = 8080, endpoint: str | None = None) -> dict[s
         "port": port,
         "health_endpoint": endpoint,
     }
+
+
+async def register(client: httpx.AsyncClient, url: str, instance: str) -> None:
+    answer = await client.post(f"{url}/v1/discovery/register", json=body(instance))
+    assert answer.status_code == 200, answer.text
 
 
 @pytest.fixture
@@ -126,7 +132,7 @@ async def test_expiry_happens_once_whichever_replica_got_the_heartbeats(etcd: Et
         watch = GrpcWatch(processes[0].grpc_target, services=("game",))
         await eventually(lambda: watch.synced, within=10)
         url = processes[0].rest_url
-        assert (await client.post(f"{url}/v1/discovery/register", json=body("g-1"))).is_success
+        await register(client, url, "g-1")
         # Heartbeats spread over the replicas for three TTLs: it must never expire.
         start = time.monotonic()
         n = 0
@@ -207,7 +213,7 @@ async def test_each_alert_reaches_the_webhook_once(etcd: Etcd) -> None:
         env = replica_env(etcd, ALERT_WEBHOOK_URL=f"http://127.0.0.1:{hook.port}/hook")
         async with replicas(3, env) as processes, httpx.AsyncClient(timeout=10) as client:
             url = processes[1].rest_url
-            assert (await client.post(f"{url}/v1/discovery/register", json=body("g-1"))).is_success
+            await register(client, url, "g-1")
             beat = {"service_name": "game", "instance_id": "g-1", "load_percentage": 0.95}
             assert (
                 await client.post(f"{processes[2].rest_url}/v1/discovery/heartbeat", json=beat)
@@ -277,45 +283,100 @@ async def _has(client: httpx.AsyncClient, url: str, wanted: set[str]) -> bool:
     return wanted <= set(await instance_ids(client, url, "game"))
 
 
-async def test_a_three_member_etcd_losing_its_leader(tmp_path: object) -> None:
-    async with running_etcd(3) as etcd:
-        async with (
-            replicas(3, replica_env(etcd)) as processes,
-            httpx.AsyncClient(timeout=10) as client,
-        ):
-            acked: set[str] = set()
-            stop = asyncio.Event()
+async def test_a_three_member_etcd_losing_its_leader() -> None:
+    async with (
+        running_etcd(3) as etcd,
+        httpx.AsyncClient(timeout=10) as client,
+        replicas(3, replica_env(etcd)) as processes,
+    ):
+        acked: set[str] = set()
+        stop = asyncio.Event()
 
-            async def writer(n: int) -> None:
-                i = 0
-                while not stop.is_set():
-                    name = f"w{n}-{i}"
-                    url = processes[i % 3].rest_url
-                    try:
-                        answer = await client.post(f"{url}/v1/discovery/register", json=body(name))
-                    except httpx.HTTPError:
-                        answer = None
-                    if answer is not None and answer.status_code == 200:
-                        acked.add(name)
-                    i += 1
-                    await asyncio.sleep(0.05)
+        async def writer(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                name = f"w{n}-{i}"
+                url = processes[i % 3].rest_url
+                try:
+                    answer = await client.post(f"{url}/v1/discovery/register", json=body(name))
+                except httpx.HTTPError:
+                    answer = None
+                if answer is not None and answer.status_code == 200:
+                    acked.add(name)
+                i += 1
+                await asyncio.sleep(0.05)
 
-            writers = [asyncio.create_task(writer(n)) for n in range(2)]
-            await eventually(lambda: len(acked) >= 10, within=10)
-            leader = await asyncio.to_thread(etcd.leader)
-            leader.stop(signal_kill())
-            lost = time.monotonic()
-            count = len(acked)
-            # The replicas carry on within 10 s.
-            await eventually(lambda: len(acked) >= count + 10, within=10)
-            assert time.monotonic() - lost < 10
-            stop.set()
-            await asyncio.gather(*writers)
-            for process in processes:
-                await eventually(lambda p=process: _has(client, p.rest_url, acked), within=3)  # type: ignore[misc]
+        writers = [asyncio.create_task(writer(n)) for n in range(2)]
+        await eventually(lambda: len(acked) >= 10, within=10)
+        leader = await asyncio.to_thread(etcd.leader)
+        leader.stop(signal.SIGKILL)
+        lost = time.monotonic()
+        count = len(acked)
+        # The replicas carry on within 10 s, and nothing acknowledged is lost.
+        await eventually(lambda: len(acked) >= count + 10, within=10)
+        assert time.monotonic() - lost < 10
+        stop.set()
+        await asyncio.gather(*writers)
+        for process in processes:
+            await eventually(lambda p=process: _has(client, p.rest_url, acked), within=3)  # type: ignore[misc]
 
 
-def signal_kill() -> int:
-    import signal
+async def _status(client: httpx.AsyncClient, url: str, instance: str) -> str | None:
+    answer = await client.get(f"{url}/v1/discovery/services/game")
+    if answer.status_code != 200:
+        return None
+    found = [i["status"] for i in answer.json()["instances"] if i["instance_id"] == instance]
+    return found[0] if found else None
 
-    return signal.SIGKILL
+
+async def _keep_alive(target: str, instance: str) -> tuple[grpc.aio.Channel, object]:
+    channel = grpc.aio.insecure_channel(target)
+    call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive()
+    await call.write(pb.KeepAliveRequest(service_name="game", instance_id=instance))
+    ack = await call.read()
+    assert isinstance(ack, pb.KeepAliveResponse)
+    assert ack.code == 0
+    return channel, call
+
+
+async def test_a_broken_keepalive_downs_the_instance_on_every_replica_within_a_second(
+    etcd: Etcd,
+) -> None:
+    async with replicas(3, replica_env(etcd)) as (a, b, c), httpx.AsyncClient(timeout=10) as client:
+        assert (
+            await client.post(f"{a.rest_url}/v1/discovery/register", json=body("g-1"))
+        ).is_success
+        channel, _ = await _keep_alive(b.grpc_target, "g-1")
+        await asyncio.sleep(0.3)  # the stream's hold is written through
+        await channel.close()  # the connection breaks
+        broken = time.monotonic()
+        for process in (a, c, b):
+            await eventually(
+                lambda p=process: _is(client, p.rest_url, "unhealthy"),
+                within=2,  # type: ignore[misc]
+            )
+        assert time.monotonic() - broken < 1.5
+        # A heartbeat on another replica brings it back everywhere.
+        beat = {"service_name": "game", "instance_id": "g-1"}
+        assert (await client.post(f"{c.rest_url}/v1/discovery/heartbeat", json=beat)).is_success
+        for process in (a, b):
+            await eventually(lambda p=process: _is(client, p.rest_url, "healthy"), within=1)  # type: ignore[misc]
+
+
+async def test_instances_kept_alive_by_a_dead_replica_turn_unhealthy(etcd: Etcd) -> None:
+    async with replicas(2, replica_env(etcd)) as (a, b), httpx.AsyncClient(timeout=10) as client:
+        assert (
+            await client.post(f"{a.rest_url}/v1/discovery/register", json=body("g-1"))
+        ).is_success
+        channel, _ = await _keep_alive(b.grpc_target, "g-1")
+        await asyncio.sleep(0.5)  # the stream's hold is written through
+        await b.kill()
+        killed = time.monotonic()
+        # Within the replica TTL (2 s) + 1 s.
+        await eventually(lambda: _is(client, a.rest_url, "unhealthy"), within=5)
+        assert time.monotonic() - killed < 3.5
+        await channel.close()
+
+
+async def _is(client: httpx.AsyncClient, url: str, status: str) -> bool:
+    return await _status(client, url, "g-1") == status

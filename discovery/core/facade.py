@@ -147,6 +147,12 @@ class DiscoveryCore:
         """A stream that kept these instances alive broke: they turn unhealthy at once."""
         self.registry.sever(keys)
 
+    def hold(self, key: tuple[str, str], held: bool) -> None:
+        """A KeepAlive stream took or let go of an instance: a shared store records which
+        replica keeps it, so the instance is severed when that replica dies."""
+        if isinstance(self.store, SharedStore):
+            self.store.hold(key, held)
+
     # -- reads ------------------------------------------------------------------------------
 
     @property

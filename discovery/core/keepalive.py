@@ -44,6 +44,9 @@ class KeepAliveCore(Protocol):
     def sever(self, keys: list[Key]) -> None:
         """These instances lost the stream that kept them alive."""
 
+    def hold(self, key: Key, held: bool) -> None:
+        """A stream took (`held`) or let go of an instance (replicas record who keeps it)."""
+
 
 class KeepAliveSessions:
     """The open KeepAlive streams of one core."""
@@ -100,6 +103,8 @@ class KeepAliveSession:
         elif key not in self._held:
             self._held.add(key)
             self._holders[key] += 1
+            if self._holders[key] == 1:
+                self._core.hold(key, True)
         return instance
 
     def close(self) -> None:
@@ -122,4 +127,5 @@ class KeepAliveSession:
             self._holders[key] = count
             return False
         del self._holders[key]
+        self._core.hold(key, False)
         return True

@@ -46,6 +46,12 @@ class SharedRecords(Protocol):
     connected: bool
     ready_at: float
 
+    @property
+    def replica_id(self) -> str: ...
+
+    @property
+    def live(self) -> frozenset[str]: ...
+
     def owns(self, key: Key) -> bool: ...
 
     async def swap(self, current: Record, proposed: Record) -> bool: ...
@@ -96,6 +102,9 @@ class LivenessWriter:
         self._dirty: dict[Key, float] = {}
         self._flushed: dict[Key, float] = {}
         self._expiring: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Instances a KeepAlive stream on this replica holds.
+        self._held: set[Key] = set()
         self._wake = asyncio.Event()
 
     # -- what the registry and the store call -------------------------------------------------
@@ -114,6 +123,17 @@ class LivenessWriter:
         else:
             since = max(current.seen_at, self._flushed.get(key, 0.0))
             self._due(key, since + self.flush_interval)
+
+    def hold(self, key: Key, held: bool) -> None:
+        """A KeepAlive stream here took (or let go of) the instance: the record names this
+        replica as its keeper, so the instance is severed if this replica dies."""
+        if held:
+            self._held.add(key)
+        else:
+            self._held.discard(key)
+        current = self._store.records.get(key)
+        if current is not None and (current.kept_by == self._store.replica_id) != held:
+            self._due(key, 0.0)
 
     def forget(self, key: Key) -> None:
         self._dirty.pop(key, None)
@@ -183,8 +203,20 @@ class LivenessWriter:
         severed = self._registry.is_severed(instance)
         if severed == base.severed:
             severed = current.severed  # not decided here: keep what the store holds
+        kept_by = current.kept_by
+        if key in self._held:
+            kept_by = self._store.replica_id
+        elif kept_by == self._store.replica_id or kept_by not in self._store.live:
+            kept_by = None
         record = records.liveness(
-            current, instance, base.instance, instance.last_heartbeat, severed, self._policy, now
+            current,
+            instance,
+            base.instance,
+            instance.last_heartbeat,
+            severed,
+            kept_by,
+            self._policy,
+            now,
         )
         return None if record is None else (current, record)
 
@@ -206,12 +238,18 @@ class LivenessWriter:
             if not store.owns(key):
                 continue
             instance = self._registry.get(*key)
+            if record.kept_by is not None and record.kept_by not in store.live:
+                # Its KeepAlive stream died with its replica: a break, as if the stream broke.
+                self._registry.sever([key])
+                self._due(key, 0.0)
             heard = instance.last_heartbeat if instance is not None else None
             since = max(record.seen_at, heard or 0.0, store.ready_at)
             if now - since > ttl:
                 if key not in self._expiring:
                     self._expiring.add(key)
-                    asyncio.get_running_loop().create_task(self._expire(record))
+                    task = asyncio.get_running_loop().create_task(self._expire(record))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             elif (
                 instance is not None
                 and instance.heartbeat_only

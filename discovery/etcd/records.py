@@ -6,8 +6,9 @@
 Besides the instance's own fields a record carries what the replicas need to agree:
 `seen_at` (wall time of the last registration or heartbeat any replica wrote through),
 `severed` (downed by a broken KeepAlive stream, waiting for a sign of life), `told_load` (the
-load at the last change a watcher saw) and `visible` (whether this write changed something a
-watcher sees). The writer decides `visible` against the record itself, so every replica
+load at the last change a watcher saw), `visible` (whether this write changed something a
+watcher sees) and `kept_by` (the replica holding a KeepAlive stream for it, whose death severs
+it). The writer decides `visible` against the record itself, so every replica
 publishes the same changes at the same revisions, whenever it joined.
 """
 
@@ -33,6 +34,7 @@ class Record:
     severed: bool
     told_load: float
     visible: bool
+    kept_by: str | None = None
     create_revision: int = 0
     mod_revision: int = 0
 
@@ -86,6 +88,7 @@ def encode(record: Record) -> bytes:
             "severed": record.severed,
             "told_load": record.told_load,
             "visible": record.visible,
+            "kept_by": record.kept_by,
         },
         separators=(",", ":"),
     ).encode()
@@ -117,6 +120,7 @@ def decode(value: bytes, create_revision: int, mod_revision: int) -> Record:
             severed=bool(raw["severed"]),
             told_load=float(raw["told_load"]),
             visible=bool(raw["visible"]),
+            kept_by=raw.get("kept_by"),
             create_revision=create_revision,
             mod_revision=mod_revision,
         )
@@ -144,7 +148,9 @@ def registration(existing: Record | None, record: Instance, now: float) -> Recor
         instance.status = HealthStatus.HEALTHY
     changed = retarget or old.metadata != record.metadata or instance.status is not old.status
     told = instance.load_percentage if changed else existing.told_load
-    return Record(instance, seen_at=now, severed=False, told_load=told, visible=changed)
+    return Record(
+        instance, now, severed=False, told_load=told, visible=changed, kept_by=existing.kept_by
+    )
 
 
 def liveness(
@@ -153,6 +159,7 @@ def liveness(
     base: Instance,
     seen_at: float | None,
     severed: bool,
+    kept_by: str | None,
     policy: CriticalLoadPolicy,
     now: float,
 ) -> Record | None:
@@ -183,15 +190,20 @@ def liveness(
     if (
         not visible
         and severed == current.severed
+        and kept_by == current.kept_by
         and seen == current.seen_at
         and instance.last_heartbeat == old.last_heartbeat
         and instance.load_percentage == old.load_percentage
         and instance.last_health_check == old.last_health_check
     ):
         return None
-    return Record(instance, seen, severed, told, visible, current.create_revision)
+    return Record(instance, seen, severed, told, visible, kept_by, current.create_revision)
 
 
 def urgent(current: Record, proposed: Record) -> bool:
     """Whether `proposed` must be written at once (other replicas must see it within 1 s)."""
-    return proposed.visible or proposed.severed != current.severed
+    return (
+        proposed.visible
+        or proposed.severed != current.severed
+        or proposed.kept_by != current.kept_by
+    )

@@ -100,6 +100,19 @@ class EtcdStore:
     def owns(self, key: Key) -> bool:
         return self.membership.owns(key)
 
+    @property
+    def replica_id(self) -> str:
+        return self.membership.replica_id
+
+    @property
+    def live(self) -> frozenset[str]:
+        return self.membership.live
+
+    def hold(self, key: Key, held: bool) -> None:
+        """A KeepAlive stream on this replica took or let go of `key`."""
+        if self._writer is not None:
+            self._writer.hold(key, held)
+
     # -- the Store interface ------------------------------------------------------------------
 
     async def open(self, revision: Callable[[], int]) -> Restored:

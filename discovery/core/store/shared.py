@@ -36,3 +36,6 @@ class SharedStore(Store, Protocol):
 
     def bind(self, core: SharedCore) -> None:
         """Follow the store with `core`'s registry (called once, before `open`)."""
+
+    def hold(self, key: tuple[str, str], held: bool) -> None:
+        """A KeepAlive stream on this replica took or let go of an instance."""
