@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -190,21 +190,41 @@ class Etcd:
         raise AssertionError("no etcd member running")
 
 
-@contextlib.asynccontextmanager
-async def running_etcd(size: int = 1) -> AsyncIterator[Etcd]:
-    """Start an etcd of `size` members on free ports with scratch data; stop it at the end."""
+def _start(size: int) -> tuple[Etcd, str]:
     root = tempfile.mkdtemp(prefix="discovery-etcd-")
     members = [
         Member(f"m{i}", free_port(), free_port(), os.path.join(root, f"m{i}.data"))
         for i in range(size)
     ]
     cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
-    etcd = Etcd(members, root)
+    for member in members:
+        member.cluster = cluster
+        member.start()
+    return Etcd(members, root), root
+
+
+@contextlib.asynccontextmanager
+async def running_etcd(size: int = 1) -> AsyncIterator[Etcd]:
+    """Start an etcd of `size` members on free ports with scratch data; stop it at the end."""
+    etcd, root = _start(size)
     try:
-        for member in members:
-            member.cluster = cluster
-            member.start()
         await etcd.wait_healthy()
+        yield etcd
+    finally:
+        etcd.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_etcd() -> Iterator[Etcd]:
+    """`running_etcd(1)` for synchronous fixtures (one etcd for a whole session)."""
+    etcd, root = _start(1)
+    try:
+        deadline = time.monotonic() + 30
+        while not etcd.members[0].healthy():
+            if time.monotonic() > deadline:
+                raise AssertionError("etcd did not become healthy: " + etcd.members[0].tail())
+            time.sleep(0.1)
         yield etcd
     finally:
         etcd.stop()

@@ -13,9 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from discovery.server import DiscoveryServer
+from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import AUTH, GRPC_AUTH, SECRET, ServerFactory, registration
+from tests.conftest import AUTH, GRPC_AUTH, ON_EVERY_STORE, SECRET, ServerFactory, registration
+
+# Against an in-memory server and against a replica on etcd (CONTRACT section 8).
+pytestmark = ON_EVERY_STORE
 
 Stub = pb_grpc.DiscoveryServiceStub
 
@@ -193,6 +197,12 @@ async def test_list_alerts(stub: Stub) -> None:
         pb.HeartbeatRequest(service_name="game", instance_id="game-1", load_percentage=0.9),
         metadata=GRPC_AUTH,
     )
+
+    async def raised() -> bool:
+        # A replica on etcd shows it once etcd has it: within 1 s (CONTRACT section 8).
+        return len((await stub.ListAlerts(pb.ListAlertsRequest())).alerts) == 1
+
+    await eventually(raised, within=1.0)
     alerts = (await stub.ListAlerts(pb.ListAlertsRequest())).alerts
     assert [(a.service_name, a.instance_id, a.load_percentage, a.threshold) for a in alerts] == [
         ("game", "game-1", 0.9, 0.8)
