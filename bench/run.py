@@ -37,6 +37,7 @@ MODULES = [
     "probe_fleet",
     "startup",
     "store",
+    "replicas",
 ]
 
 

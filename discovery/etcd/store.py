@@ -20,6 +20,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,7 @@ APPLY_TIMEOUT = 5.0
 #: Pause before the watch is opened again after etcd went away.
 RECONNECT_DELAY = 0.3
 #: Attempts of a write whose compared revision keeps moving under it.
-WRITE_ATTEMPTS = 5
+WRITE_ATTEMPTS = 10
 _PUT, _DELETE = 0, 1
 
 
@@ -82,6 +83,7 @@ class EtcdStore:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
+        self._locks: dict[Key, tuple[asyncio.Lock, int]] = {}
         self._core: SharedCore | None = None
         self._writer: LivenessWriter | None = None
 
@@ -148,6 +150,22 @@ class EtcdStore:
     async def put(self, instance: Instance) -> None:
         """Register (or re-register) `instance`; returns once this replica has applied it."""
         key = instance.key
+        # Writes of one key from this replica go one at a time: they would only make each
+        # other's compares fail.
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                await self._put(instance)
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def _put(self, instance: Instance) -> None:
+        key = instance.key
         for _ in range(WRITE_ATTEMPTS):
             current = self.records.get(key)
             proposed = records.registration(current, instance, time.time())
@@ -155,6 +173,7 @@ class EtcdStore:
             if revision:
                 await self._applied(revision)
                 return
+            await asyncio.sleep(random.uniform(0, 0.01))  # another replica wrote it: let it finish
         raise StoreUnavailable("etcd: the registration kept conflicting with other writes")
 
     async def delete(self, service_name: str, instance_id: str) -> None:
