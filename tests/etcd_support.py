@@ -168,6 +168,22 @@ class Etcd:
             member.state = "existing"
             member.start()
 
+    def enable_auth(self, user: str, password: str) -> None:
+        """Create `user` with the root role and turn authentication on (JSON gateway; etcd wants
+        a `root` user first)."""
+        url = self.members[0].client_url
+        for path, message in (
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/add", {"name": "root", "password": password}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/user/grant", {"user": user, "role": "root"}),
+            ("/v3/auth/enable", {}),
+        ):
+            request = urllib.request.Request(url + path, data=json.dumps(message).encode())
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                answer.read()
+
     def json_get_prefix(self, prefix: str) -> list[tuple[str, str]]:
         """Every key and value under `prefix`, read over the JSON gateway (base64 on the wire)."""
         import base64

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.error
 from collections.abc import AsyncIterator
 
 import grpc
@@ -380,3 +381,18 @@ async def test_instances_kept_alive_by_a_dead_replica_turn_unhealthy(etcd: Etcd)
 
 async def _is(client: httpx.AsyncClient, url: str, status: str) -> bool:
     return await _status(client, url, "g-1") == status
+
+
+async def test_replicas_sign_in_to_an_etcd_with_authentication(etcd: Etcd) -> None:
+    await asyncio.to_thread(etcd.enable_auth, "discovery", "s3cret")
+    env = replica_env(
+        etcd,
+        SERVICE_DISCOVERY_ETCD_USERNAME="discovery",
+        SERVICE_DISCOVERY_ETCD_PASSWORD="s3cret",
+    )
+    async with replicas(2, env) as (a, b), httpx.AsyncClient(timeout=10) as client:
+        await register(client, a.rest_url, "g-1")
+        await eventually(lambda: _has(client, b.rest_url, {"g-1"}), within=1)
+    # Without credentials etcd refuses every call.
+    with pytest.raises(urllib.error.HTTPError):
+        await asyncio.to_thread(etcd.json_get_prefix, "/service-discovery/")

@@ -250,12 +250,7 @@ class EtcdClient:
             raise EtcdError(f"etcd watch: {exc.code().name} {exc.details()}") from None
 
 
-async def wait_cancelled(task: asyncio.Task[Any]) -> None:
-    """Cancel `task` and wait for it to end."""
+async def wait_cancelled(task: asyncio.Task[Any], within: float = 2.0) -> None:
+    """Cancel `task` and wait (at most `within` seconds) for it to end."""
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except Exception:
-        log.exception("etcd task %s failed while stopping", task.get_name())
+    await asyncio.wait([task], timeout=within)

@@ -330,9 +330,11 @@ class EtcdStore:
         fresh = {r.key: r for kv in kvs if (r := self._decode(kv)) is not None}
         self.membership.reset({i for kv in kvs if (i := self.keys.replica_id(kv.key))})
         registry = self._core.registry
+        # Changed records at their own revisions (in order), vanished ones at the read's: the
+        # deletes' own revisions were compacted away.
         for record in sorted(fresh.values(), key=lambda r: r.mod_revision):
             if record.mod_revision > self._revision:
-                self._apply_put(record, max(record.mod_revision, self._revision + 1))
+                self._apply_put(record, record.mod_revision)
         for key in [k for k in self.applied if k not in fresh]:
             self.records.pop(key, None)
             self.applied.pop(key, None)
