@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from discovery.server import DiscoveryServer
-from discovery.testing import run_server
+from discovery.testing import run_server, test_settings
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
 from tests.etcd_support import Etcd, started_etcd
 
@@ -52,8 +52,8 @@ def make_server(request: pytest.FixtureRequest, store_mode: str) -> ServerFactor
     def factory(**changes: Any) -> AbstractAsyncContextManager[DiscoveryServer]:
         changes.setdefault("secret", SECRET)
         if etcd is not None:
-            changes.setdefault("store", etcd.store(f"/contract-{uuid.uuid4().hex}"))
-            changes.setdefault("replica_ttl", 2.0)
+            store = etcd.store(f"/contract-{uuid.uuid4().hex}")
+            changes.setdefault("settings", test_settings(store=store, replica_ttl=2.0))
         return run_server(**changes)
 
     return factory

@@ -26,9 +26,9 @@ from discovery.core.metrics import GRPC, Metrics, ServiceCensus, census
 from discovery.core.model import Alert, Instance, Registration
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
+from discovery.core.shared import SharedStore
 from discovery.core.store.base import Store
 from discovery.core.store.location import store_at
-from discovery.core.store.shared import SharedStore
 from discovery.core.watch.events import WatchSelector
 from discovery.core.watch.hub import WatchHub
 from discovery.core.watch.queue import Watcher

@@ -30,8 +30,8 @@ from aetcd import rpc
 from discovery.core.errors import InstanceNotFound, StoreUnavailable
 from discovery.core.model import Instance
 from discovery.core.settings import Settings
+from discovery.core.shared import SharedCore
 from discovery.core.store.base import Restored
-from discovery.core.store.shared import SharedCore
 from discovery.etcd import records
 from discovery.etcd.client import Compacted, EtcdClient, EtcdError, Tls, wait_cancelled
 from discovery.etcd.liveness import LivenessWriter, OwnedProbes
