@@ -57,10 +57,12 @@ bench-smoke: $(STAMP) etcd
 	$(BIN)/python -m bench.run --smoke
 
 # The etcd the replica tests start on free ports (Debian's package; the tests never use a system
-# etcd, and the package's own service is stopped so it holds no well-known port).
+# etcd, and the package's own service is stopped so it holds no well-known port), and openssl
+# for the certificates of the TLS test.
 etcd:
 	@command -v etcd >/dev/null || (apt-get update && apt-get install -y etcd-server && \
 		(systemctl disable --now etcd 2>/dev/null || service etcd stop 2>/dev/null || true))
+	@command -v openssl >/dev/null || (apt-get update && apt-get install -y openssl)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

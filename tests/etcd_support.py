@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -20,6 +22,73 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A scratch CA with a server certificate for 127.0.0.1 and a client certificate (PEM)."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+    @classmethod
+    def make(cls, folder: str) -> Certificates:
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run(
+            "req",
+            "-x509",
+            *key,
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=discovery-test-ca",
+        )
+        for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+            run(
+                "req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}"
+            )
+            with open(os.path.join(folder, f"{name}.ext"), "w") as ext:
+                ext.write(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+            run(
+                "x509",
+                "-req",
+                "-in",
+                f"{name}.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                f"{name}.crt",
+                "-days",
+                "2",
+                "-extfile",
+                f"{name}.ext",
+            )
+        path = functools.partial(os.path.join, folder)
+        return cls(
+            path("ca.crt"),
+            path("server.crt"),
+            path("server.key"),
+            path("client.crt"),
+            path("client.key"),
+        )
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
 
 
 def free_port() -> int:
@@ -40,10 +109,12 @@ class Member:
     state: str = "new"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: str = ""
+    tls: Certificates | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -86,6 +157,16 @@ class Member:
             "--logger",
             "zap",
         ]
+        if self.tls is not None:
+            command += [
+                "--cert-file",
+                self.tls.server_cert,
+                "--key-file",
+                self.tls.server_key,
+                "--trusted-ca-file",
+                self.tls.ca,
+                "--client-cert-auth",
+            ]
         self.log_path = os.path.join(os.path.dirname(self.data_dir), f"{self.name}.log")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -105,7 +186,11 @@ class Member:
     def healthy(self) -> bool:
         with (
             contextlib.suppress(OSError, ValueError),
-            urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as answer,
+            urllib.request.urlopen(
+                f"{self.client_url}/health",
+                timeout=1,
+                context=None if self.tls is None else self.tls.context(),
+            ) as answer,
         ):
             return bool(json.load(answer).get("health") == "true")
         return False
@@ -206,12 +291,15 @@ class Etcd:
         raise AssertionError("no etcd member running")
 
 
-def _start(size: int) -> tuple[Etcd, str]:
+def _start(size: int, tls: bool = False) -> tuple[Etcd, str]:
     root = tempfile.mkdtemp(prefix="discovery-etcd-")
+    certificates = Certificates.make(root) if tls else None
     members = [
         Member(f"m{i}", free_port(), free_port(), os.path.join(root, f"m{i}.data"))
         for i in range(size)
     ]
+    for member in members:
+        member.tls = certificates
     cluster = ",".join(f"{m.name}={m.peer_url}" for m in members)
     for member in members:
         member.cluster = cluster
@@ -220,9 +308,10 @@ def _start(size: int) -> tuple[Etcd, str]:
 
 
 @contextlib.asynccontextmanager
-async def running_etcd(size: int = 1) -> AsyncIterator[Etcd]:
-    """Start an etcd of `size` members on free ports with scratch data; stop it at the end."""
-    etcd, root = _start(size)
+async def running_etcd(size: int = 1, tls: bool = False) -> AsyncIterator[Etcd]:
+    """Start an etcd of `size` members on free ports with scratch data (serving TLS only, and
+    asking for client certificates, with `tls`); stop it at the end."""
+    etcd, root = _start(size, tls)
     try:
         await etcd.wait_healthy()
         yield etcd

@@ -396,3 +396,18 @@ async def test_replicas_sign_in_to_an_etcd_with_authentication(etcd: Etcd) -> No
     # Without credentials etcd refuses every call.
     with pytest.raises(urllib.error.HTTPError):
         await asyncio.to_thread(etcd.json_get_prefix, "/service-discovery/")
+
+
+async def test_replicas_reach_etcd_over_tls_with_a_client_certificate() -> None:
+    async with running_etcd(tls=True) as etcd, httpx.AsyncClient(timeout=10) as client:
+        tls = etcd.members[0].tls
+        assert tls is not None
+        env = replica_env(
+            etcd,
+            SERVICE_DISCOVERY_ETCD_CA_FILE=tls.ca,
+            SERVICE_DISCOVERY_ETCD_CERT_FILE=tls.client_cert,
+            SERVICE_DISCOVERY_ETCD_KEY_FILE=tls.client_key,
+        )
+        async with replicas(2, env) as (a, b):
+            await register(client, a.rest_url, "g-1")
+            await eventually(lambda: _has(client, b.rest_url, {"g-1"}), within=1)
