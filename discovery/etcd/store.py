@@ -31,7 +31,7 @@ from discovery.core.errors import InstanceNotFound, StoreUnavailable
 from discovery.core.model import Instance
 from discovery.core.settings import Settings
 from discovery.core.shared import SharedCore
-from discovery.core.store.base import Restored
+from discovery.core.store.base import Restored, StoreFailure
 from discovery.etcd import records
 from discovery.etcd.client import Compacted, EtcdClient, EtcdError, Tls, wait_cancelled
 from discovery.etcd.liveness import LivenessWriter, OwnedProbes
@@ -128,7 +128,7 @@ class EtcdStore:
                 break
             except EtcdError as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"etcd is unreachable: {exc}") from None
+                    raise StoreFailure(f"etcd is unreachable: {exc}") from None
                 log.warning("Waiting for etcd: %s", exc)
                 await asyncio.sleep(1.0)
         self._load(loaded_at, kvs)
