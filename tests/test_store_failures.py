@@ -126,8 +126,10 @@ async def test_unusable_paths_stop_start_up_with_one_line(tmp_path: Path) -> Non
     assert "is a directory" in await _refused(f"sqlite:{tmp_path}", 1)
 
 
-@pytest.mark.parametrize("value", ["etcd://127.0.0.1:2379", "sqlite:", "postgres://x"])
-async def test_malformed_or_unavailable_stores_exit_2_naming_the_variable(value: str) -> None:
+@pytest.mark.parametrize(
+    "value", ["sqlite:", "postgres://x", "etcd://", "etcd://127.0.0.1", "etcd://h:1/prefix/"]
+)
+async def test_malformed_stores_exit_2_naming_the_variable(value: str) -> None:
     line = await _refused(value, 2)
     assert "SERVICE_DISCOVERY_STORE" in line
 
