@@ -344,6 +344,13 @@ class Registry:
         """Downed by a broken KeepAlive stream and not heard from since."""
         return instance in self._severed
 
+    def set_severed(self, instance: Instance, severed: bool) -> None:
+        """Mark (or clear) `instance` as downed by a broken stream, publishing nothing."""
+        if severed:
+            self._severed.add(instance)
+        else:
+            self._severed.discard(instance)
+
     def lapse(self, instance: Instance) -> None:
         """A heartbeat-only instance missed its heartbeat grace (decided by its owner)."""
         if instance.heartbeat_only and instance.healthy:

@@ -36,6 +36,8 @@ log = logging.getLogger("discovery.etcd")
 RETRY_DELAY = 0.5
 #: Writes in flight at once.
 WRITE_CONCURRENCY = 64
+#: The liveness fields a replica decides (the rest of a record is the registration's).
+_DECIDED = ("status", "load_percentage", "last_health_check")
 
 
 class SharedRecords(Protocol):
@@ -105,6 +107,7 @@ class LivenessWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Instances a KeepAlive stream on this replica holds.
         self._held: set[Key] = set()
+        self._inflight: set[Key] = set()
         self._wake = asyncio.Event()
 
     # -- what the registry and the store call -------------------------------------------------
@@ -134,6 +137,37 @@ class LivenessWriter:
         current = self._store.records.get(key)
         if current is not None and (current.kept_by == self._store.replica_id) != held:
             self._due(key, 0.0)
+
+    def pending(self, key: Key) -> dict[str, object] | None:
+        """The decisions on `key` made here and not written yet (fields where the registry's
+        instance differs from the record it was last set from), or None."""
+        if key not in self._dirty and key not in self._inflight:
+            return None
+        instance = self._registry.get(*key)
+        base = self._store.applied.get(key)
+        if instance is None or base is None:
+            return None
+        decided: dict[str, object] = {
+            name: getattr(instance, name)
+            for name in _DECIDED
+            if getattr(instance, name) != getattr(base.instance, name)
+        }
+        severed = self._registry.is_severed(instance)
+        if severed != base.severed:
+            decided["severed"] = severed
+        return decided
+
+    def restore(self, key: Key, decided: dict[str, object]) -> None:
+        """Put `decided` (from `pending`) back on the registry's instance and keep it due."""
+        instance = self._registry.get(*key)
+        if instance is None or not decided:
+            return
+        for name, value in decided.items():
+            if name == "severed":
+                self._registry.set_severed(instance, bool(value))
+            else:
+                setattr(instance, name, value)
+        self._due(key, 0.0)
 
     def forget(self, key: Key) -> None:
         self._dirty.pop(key, None)
@@ -183,12 +217,15 @@ class LivenessWriter:
             if now < since + self.flush_interval:
                 self._due(key, since + self.flush_interval)
                 return
+        self._inflight.add(key)
         try:
             written = await self._store.swap(current, record)
         except EtcdError as exc:
             log.debug("Liveness of %s:%s not written (%s); retrying", *key, exc)
             self._due(key, self._clock.time() + RETRY_DELAY)
             return
+        finally:
+            self._inflight.discard(key)
         if written:
             self._flushed[key] = now
         else:

@@ -363,11 +363,17 @@ class EtcdStore:
 
     def _apply_put(self, record: Record, revision: int) -> None:
         assert self._core is not None
-        known = self.records.get(record.key)
+        key = record.key
+        known = self.records.get(key)
         if known is None or known.mod_revision <= record.mod_revision:
-            self.records[record.key] = record
-        self.applied[record.key] = record
+            self.records[key] = record
+        # What this replica decided and has not written yet survives a record written before
+        # it landed (a pushed load must not be undone by the owner's probe result).
+        pending = self._writer.pending(key) if self._writer is not None else None
+        self.applied[key] = record
         self._core.registry.apply(record.instance, revision, record.visible, record.severed)
+        if pending is not None and self._writer is not None:
+            self._writer.restore(key, pending)
 
     def _advance(self, revision: int) -> None:
         self._revision = max(self._revision, revision)
