@@ -195,6 +195,10 @@ class EtcdStore:
     def forget(self, service_name: str, instance_id: str) -> None:
         """Not used: replicas never expire on their own registry; the owner deletes in etcd."""
 
+    def changed(self, instance: Instance) -> None:
+        """Not used: what a replica publishes came from etcd already; its own visible decisions
+        reach etcd through the registry's follower (`LivenessWriter.propose`)."""
+
     def touch(self, instance: Instance) -> None:
         """A heartbeat here: written through within the flush interval (at once if visible)."""
         if self._writer is not None:
