@@ -183,7 +183,15 @@ async def test_list_services_and_get_service(stub: Stub) -> None:
     full = await stub.GetService(pb.GetServiceRequest(service_name="a"))
     assert [i.instance_id for i in full.instances] == ["a-1", "a-2"]
     assert full.service_name == "a"
-    assert full.revision == listed.revision
+
+    async def same_revision() -> bool:
+        # Probe results may land between two reads (on a replica they come back through
+        # etcd a moment later): both reads carry the registry's revision once it holds still.
+        listed = await stub.ListServices(pb.ListServicesRequest())
+        full = await stub.GetService(pb.GetServiceRequest(service_name="a"))
+        return full.revision == listed.revision
+
+    await eventually(same_revision, within=5)
     healthy = await stub.GetService(pb.GetServiceRequest(service_name="a", healthy_only=True))
     assert [i.instance_id for i in healthy.instances] == ["a-1"]
     error = await rpc_error(stub.GetService(pb.GetServiceRequest(service_name="nope")))
