@@ -13,15 +13,21 @@
 // SEQ (the marker `chg-NNNNNN` in the message bytes; TIME in seconds on CLOCK_MONOTONIC, the
 // clock of Python's time.monotonic()). A stream that ends, or whose response is not gRPC, prints
 // `lost ...` and the process exits with status 1.
+//
+// With --tally, changes are counted rather than timed one by one: each `chg-` marker in a
+// message is one event. A line `expect N` on stdin asks for `all TIME MESSAGES EVENTS` once every
+// stream has had N events (TIME when the last one had them; MESSAGES and EVENTS summed over the
+// streams, counting only messages that carried a marker).
 
 const http2 = require("node:http2");
 
 const STREAMS_PER_CONNECTION = 250;
 
 function options(argv) {
-  const found = { bidi: false };
+  const found = { bidi: false, tally: false };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--bidi") found.bidi = true;
+    else if (argv[i] === "--tally") found.tally = true;
     else found[argv[i].replace(/^--/, "")] = argv[++i];
   }
   return found;
@@ -63,6 +69,58 @@ function framer(onMessage) {
   };
 }
 
+// The number of change markers in a message.
+function markers(message) {
+  let count = 0;
+  let at = message.indexOf("chg-");
+  while (at >= 0) {
+    count += 1;
+    at = message.indexOf("chg-", at + 4);
+  }
+  return count;
+}
+
+// --tally: events and messages per stream, and the `expect N` request from stdin.
+function tally(streams) {
+  const events = new Array(streams).fill(0);
+  let messages = 0;
+  let total = 0;
+  let expected = -1;
+  let reached = 0;
+  function check(k, before) {
+    if (expected >= 0 && before < expected && events[k] >= expected) {
+      reached += 1;
+      if (reached === streams) {
+        process.stdout.write(`all ${now()} ${messages} ${total}\n`);
+      }
+    }
+  }
+  let input = "";
+  process.stdin.on("data", (chunk) => {
+    input += chunk.toString();
+    let newline;
+    while ((newline = input.indexOf("\n")) >= 0) {
+      const line = input.slice(0, newline).trim().split(" ");
+      input = input.slice(newline + 1);
+      if (line[0] === "expect") {
+        expected = parseInt(line[1], 10);
+        reached = events.filter((n) => n >= expected).length;
+        if (reached === streams) process.stdout.write(`all ${now()} ${messages} ${total}\n`);
+      }
+    }
+  });
+  return (k, bytes) => {
+    const found = markers(bytes);
+    if (found) {
+      const before = events[k];
+      events[k] += found;
+      messages += 1;
+      total += found;
+      check(k, before);
+    }
+  };
+}
+
 function main() {
   const args = options(process.argv.slice(2));
   const streams = parseInt(args.streams, 10);
@@ -77,6 +135,7 @@ function main() {
     sessions.push(session);
   }
   const counts = new Map();
+  const count = args.tally ? tally(streams) : null;
   let started = 0;
   for (let k = 0; k < streams; k++) {
     const call = sessions[k % sessions.length].request({
@@ -100,6 +159,10 @@ function main() {
           first = false;
           started += 1;
           if (started === streams) process.stdout.write("ready\n");
+        }
+        if (count) {
+          count(k, bytes);
+          return;
         }
         const seq = latest(bytes);
         if (seq > last) {

@@ -118,7 +118,11 @@ def _marker(kind: bytes, revision: int, numbered: bool) -> bytes:
 
 
 def encode_batch(batch: WatchBatch) -> bytes:
-    """The SSE text of one watch message."""
+    """The SSE text of one watch message (encoded once for every stream that sends it)."""
+    return batch.encoded(_encode)
+
+
+def _encode(batch: WatchBatch) -> bytes:
     if batch.snapshot:
         parts = [_marker(b"RESET", batch.revision, numbered=False)] if batch.reset else []
         parts.extend(event.encoded(_unnumbered) for event in batch.events)

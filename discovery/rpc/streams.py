@@ -59,7 +59,11 @@ def _live_message(event: WatchEvent) -> bytes:
 
 
 def encode_batch(batch: WatchBatch) -> bytes:
-    """A serialized WatchResponse for `batch`."""
+    """A serialized WatchResponse for `batch` (encoded once for every stream that sends it)."""
+    return batch.encoded(_encode)
+
+
+def _encode(batch: WatchBatch) -> bytes:
     events = batch.events
     if len(events) == 1 and not batch.reset and batch.synced:
         event = events[0]

@@ -1,14 +1,17 @@
 """The watch hub: every registry change fanned out to watchers, each behind a bounded queue.
 
-The hub listens to the registry. For each change it builds one `WatchEvent` and one message
-holding it (two at most: a healthy-only watcher sees an instance leaving the healthy set as a
-DELETE) and appends that same message to the queue of every watcher that matches. Adapters
-encode an event through `WatchEvent.encoded`, which caches the encoding on the event, so a change
-is encoded once per protocol however many streams carry it.
+The hub listens to the registry. For each change it builds one `WatchEvent` (two at most: a
+healthy-only watcher sees an instance leaving the healthy set as a DELETE) and appends it to
+every feed that matches: watchers with the same selector share one feed, a log they each hold a
+cursor into (`discovery.core.watch.feed`), so a change costs one append per feed, not one per
+watcher. A fan-out round (`discovery.core.watch.rounds`) then lets the watchers take what they
+have queued, as one message each. Adapters encode an event through `WatchEvent.encoded` and a
+message through `WatchBatch.encoded`, which cache the encoding, so a change is encoded once per
+protocol however many streams carry it.
 
-A watcher (`discovery.core.watch.queue`) whose queue passes `watch_max_backlog` loses the
-backlog and is marked behind; when its stream next asks for a message it gets a fresh reset snapshot
-instead. Pushing never awaits, so a slow stream cannot hold up the registry, the API or other
+A watcher (`discovery.core.watch.queue`) more than `watch_max_backlog` events behind its feed
+loses the backlog; when its stream next asks for a message it gets a fresh reset snapshot
+instead. Appending never awaits, so a slow stream cannot hold up the registry, the API or other
 watchers.
 
 The hub keeps the last event of every instance (snapshots are built from it, already encoded)
@@ -30,7 +33,9 @@ from discovery.core.model import Change, EventType
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
 from discovery.core.watch.events import WatchBatch, WatchEvent, WatchSelector
+from discovery.core.watch.feed import Feed
 from discovery.core.watch.queue import ProgressPacer, Watcher
+from discovery.core.watch.rounds import FanoutRounds
 
 __all__ = ["WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
 
@@ -44,16 +49,6 @@ class _Fanout:
         self.change = change
         self.event = WatchEvent(change.type, change.instance, change.revision)
         self._exit: WatchEvent | None = None
-
-    def batch(self) -> WatchBatch:
-        """The live message of this change, shared by every plain watcher."""
-        return _alone(self.event)
-
-    def healthy_batch(self) -> WatchBatch | None:
-        """The live message for healthy-only watchers, shared by them all; None if they see
-        nothing of this change."""
-        event = self.for_healthy_only()
-        return None if event is None else _alone(event)
 
     def for_healthy_only(self) -> WatchEvent | None:
         """The event a healthy-only watcher sees: entering or staying is a PUT, leaving a DELETE."""
@@ -73,11 +68,6 @@ def _revision_of(fanout: _Fanout) -> int:
     return fanout.change.revision
 
 
-def _alone(event: WatchEvent) -> WatchBatch:
-    """The live message of one event, shared by every watcher that has nothing else queued."""
-    return WatchBatch(event.revision, (event,))
-
-
 class WatchHub:
     """Watchers over one registry. Used from the registry's event loop only."""
 
@@ -90,10 +80,12 @@ class WatchHub:
         self.open_watchers = dict.fromkeys(WATCH_PROTOCOLS, 0)
         self.max_backlog = settings.watch_max_backlog
         self.pacer = ProgressPacer(settings.watch_progress_interval)
+        self.rounds = FanoutRounds()
         self.closed = False
-        # Index by service name; None holds the watchers of every service.
-        self._plain: dict[str | None, set[Watcher]] = {}
-        self._healthy: dict[str | None, set[Watcher]] = {}
+        # One feed per selector; indexed by service name (None: the feeds of every service).
+        self._feeds: dict[tuple[frozenset[str], bool], Feed] = {}
+        self._plain: dict[str | None, set[Feed]] = {}
+        self._healthy: dict[str | None, set[Feed]] = {}
         # The last PUT of every instance, by service, for snapshots without copying the registry.
         self._current: dict[str, dict[str, WatchEvent]] = {}
         # Recent changes with their (shared, already encoded) events, for resumes.
@@ -130,7 +122,15 @@ class WatchHub:
         """
         if self.closed:
             raise ShuttingDown()
-        watcher = Watcher(self, selector, protocol)
+        key = (selector.services, selector.healthy_only)
+        feed = self._feeds.get(key)
+        if feed is None:
+            feed = self._feeds[key] = Feed(key, self.max_backlog)
+            index = self._healthy if selector.healthy_only else self._plain
+            for name in selector.services or (None,):
+                index.setdefault(name, set()).add(feed)
+        watcher = Watcher(self, selector, feed, protocol)
+        feed.watchers[watcher] = None
         replay = self._replay(selector) if selector.start_revision > 0 else None
         if replay is None:
             if selector.start_revision > 0:
@@ -139,18 +139,11 @@ class WatchHub:
         else:
             watcher.start_replay(replay)
         self.open_watchers[protocol] = self.open_watchers.get(protocol, 0) + 1
-        index = self._healthy if selector.healthy_only else self._plain
-        for name in selector.services or (None,):
-            index.setdefault(name, set()).add(watcher)
         return watcher
 
     def watchers(self) -> list[Watcher]:
         """Every open watcher (for diagnostics and tests)."""
-        found: dict[Watcher, None] = {}
-        for index in (self._plain, self._healthy):
-            for watchers in index.values():
-                found.update(dict.fromkeys(watchers))
-        return list(found)
+        return [w for feed in self._feeds.values() for w in feed.watchers if isinstance(w, Watcher)]
 
     def close(self) -> None:
         """End every watcher (their streams finish cleanly) and refuse new ones."""
@@ -178,14 +171,19 @@ class WatchHub:
         self._metrics.watch_resets += 1
 
     def forget(self, watcher: Watcher) -> None:
-        """Stop pushing to `watcher` (called once by the watcher when it closes)."""
+        """Stop feeding `watcher` (called once by the watcher when it closes)."""
         self.open_watchers[watcher.protocol] -= 1
+        feed = watcher.feed
+        feed.watchers.pop(watcher, None)
+        if feed.watchers or self._feeds.get(feed.key) is not feed:
+            return
+        del self._feeds[feed.key]
         index = self._healthy if watcher.selector.healthy_only else self._plain
         for name in watcher.selector.services or (None,):
-            watchers = index.get(name)
-            if watchers is not None:
-                watchers.discard(watcher)
-                if not watchers:
+            feeds = index.get(name)
+            if feeds is not None:
+                feeds.discard(feed)
+                if not feeds:
                     del index[name]
 
     def _replay(self, selector: WatchSelector) -> list[WatchEvent] | None:
@@ -228,12 +226,15 @@ class WatchHub:
             instances.pop(instance.instance_id, None)
             if not instances:
                 self._current.pop(name, None)
-        plain = [w for key in (name, None) for w in self._plain.get(key, ())]
-        if plain:
-            batch = fanout.batch()
-            for watcher in plain:
-                watcher.push(batch)
-        healthy = [w for key in (name, None) for w in self._healthy.get(key, ())]
-        if healthy and (only := fanout.healthy_batch()) is not None:
-            for watcher in healthy:
-                watcher.push(only)
+        rounds = self.rounds
+        for key in (name, None):
+            for feed in self._plain.get(key, ()):
+                feed.append(fanout.event)
+                if feed.loop is not None and not feed.scheduled:
+                    rounds.schedule(feed, feed.loop)
+        healthy = [f for key in (name, None) for f in self._healthy.get(key, ())]
+        if healthy and (only := fanout.for_healthy_only()) is not None:
+            for feed in healthy:
+                feed.append(only)
+                if feed.loop is not None and not feed.scheduled:
+                    rounds.schedule(feed, feed.loop)
