@@ -14,7 +14,6 @@ the lag from the last answer to the last watcher, and the events per message the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import statistics
 import time

@@ -63,6 +63,9 @@ def configure(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Warnings (DeprecationWarning and the like) go through logging too, so JSON stays JSON.
     logging.captureWarnings(True)
-    # uvicorn's start and stop chatter repeats ours (under the confusing name "uvicorn.error").
+    # uvicorn's start and stop chatter repeats ours (under the confusing name "uvicorn.error");
+    # httpx and httpcore log every probe request at INFO (a line per probe): the probe outcomes
+    # that change a status are what the health monitor logs.
     if logging.getLevelNamesMapping()[level] > logging.DEBUG:
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        for name in ("uvicorn.error", "httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)

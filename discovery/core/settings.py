@@ -107,6 +107,18 @@ class Settings:
         """Where the etcd store is, when `store` names one."""
         return EtcdTarget.parse(self.store) if self.store.startswith("etcd://") else None
 
+    # Connection hygiene (both ports): caps, timeouts, keepalive, memory given back.
+    max_connections: int = 10_000
+    idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    grpc_max_connection_idle: float = 300.0
+    grpc_max_connection_age: float = 0.0
+    grpc_max_connection_age_grace: float = 0.0
+    grpc_keepalive_time: float = 60.0
+    grpc_keepalive_timeout: float = 20.0
+    client_error_log_interval: float = 10.0
+    memory_trim_interval: float = 30.0
+
     @property
     def heartbeat_grace(self) -> float:
         """How long a heartbeat-only instance stays healthy without a heartbeat."""
@@ -312,6 +324,16 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "etcd_cert_file": ("SERVICE_DISCOVERY_ETCD_CERT_FILE", _readable_file),
     "etcd_key_file": ("SERVICE_DISCOVERY_ETCD_KEY_FILE", _readable_file),
     "replica_ttl": ("SERVICE_DISCOVERY_REPLICA_TTL_SECONDS", _seconds),
+    "max_connections": ("MAX_CONNECTIONS", _integer),
+    "idle_timeout": ("IDLE_TIMEOUT_SECONDS", _seconds),
+    "header_timeout": ("HEADER_TIMEOUT_SECONDS", _seconds),
+    "grpc_max_connection_idle": ("GRPC_MAX_CONNECTION_IDLE_SECONDS", _seconds),
+    "grpc_max_connection_age": ("GRPC_MAX_CONNECTION_AGE_SECONDS", _seconds),
+    "grpc_max_connection_age_grace": ("GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", _seconds),
+    "grpc_keepalive_time": ("GRPC_KEEPALIVE_TIME_SECONDS", _seconds),
+    "grpc_keepalive_timeout": ("GRPC_KEEPALIVE_TIMEOUT_SECONDS", _seconds),
+    "client_error_log_interval": ("CLIENT_ERROR_LOG_INTERVAL_SECONDS", _seconds),
+    "memory_trim_interval": ("MEMORY_TRIM_INTERVAL_SECONDS", _seconds),
 }
 
 _RULES: dict[str, Callable[[Any], str | None]] = {
@@ -336,6 +358,16 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "shutdown_grace": _non_negative,
     "xds_dns_refresh": _positive,
     "replica_ttl": _replica_ttl,
+    "max_connections": _at_least_one,
+    "idle_timeout": _positive,
+    "header_timeout": _positive,
+    "grpc_max_connection_idle": _non_negative,
+    "grpc_max_connection_age": _non_negative,
+    "grpc_max_connection_age_grace": _non_negative,
+    "grpc_keepalive_time": _positive,
+    "grpc_keepalive_timeout": _positive,
+    "client_error_log_interval": _positive,
+    "memory_trim_interval": _non_negative,
 }
 
 #: Field name -> environment variable, for the README and the CLI help.

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer as AsyncReflectionServicer
 
 from discovery.core import validation
 from discovery.core.errors import DiscoveryError
@@ -28,6 +29,7 @@ from discovery.rpc.codec import (
     fill_instance,
     instance_to_pb,
 )
+from discovery.rpc.decoding import DecodingRegistrar, Malformed
 from discovery.rpc.health import HEALTH_SERVICE_NAME, HealthService
 from discovery.rpc.status import STATUS_FOR, authorization, status_for
 from discovery.rpc.streams import as_bytes, keep_alive, watch
@@ -125,6 +127,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
         self.core = core
         self.timings = {name: core.metrics.request_histogram(GRPC, name) for name in UNARY_METHODS}
         self.instance_messages = InstanceMessages()
+        self.registrar: DecodingRegistrar | None = None  # set when registered on a server
         self._interval = duration(core.settings.heartbeat_interval)
         self._ttl = duration(core.settings.registration_ttl)
 
@@ -196,19 +199,30 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     def ListAlerts(self, request: pb.ListAlertsRequest, context: Context) -> pb.ListAlertsResponse:
         return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
 
+    def malformed(self, method: str, error: Malformed) -> None:
+        """Log a request that did not decode (at most once per interval)."""
+        if self.registrar is not None:
+            self.registrar.malformed(method, error)
+
     # The streaming RPCs (discovery.rpc.streams), bound as methods: coroutines that read and
-    # write through their context; Watch writes pre-serialized bytes (see _WatchAsBytes).
+    # write through their context; Watch writes pre-serialized bytes (`build_server`).
     KeepAlive = keep_alive  # type: ignore[assignment]
     Watch = watch  # type: ignore[assignment]
 
 
 def build_server(
-    core: DiscoveryCore, servicer: pb_grpc.DiscoveryServiceServicer | None = None
+    core: DiscoveryCore,
+    servicer: pb_grpc.DiscoveryServiceServicer | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Server, HealthService]:
     """A grpc.aio server (not started, no port) with the discovery, xDS (ADS), health and
     reflection services.
 
-    Call inside the running event loop.
+    Every method decodes its own request (`discovery.rpc.decoding`: a malformed one gets
+    INVALID_ARGUMENT); Watch's serializer passes bytes through, because its messages are
+    serialized once and shared by every stream. `options` are more grpc server options
+    (connection limits and keepalive, from the composition root). Call inside the running
+    event loop.
     """
     server = grpc.aio.server(
         options=[
@@ -216,44 +230,24 @@ def build_server(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             *BURST_OPTIONS,
+            *options,
         ],
     )
-    # The generated registration only calls the two add_* methods _WatchAsBytes provides.
-    registrar = cast(grpc.aio.Server, _WatchAsBytes(server))
-    pb_grpc.add_DiscoveryServiceServicer_to_server(servicer or DiscoveryServicer(core), registrar)
+    registrar = DecodingRegistrar(
+        server, core.settings.client_error_log_interval, serializers={"Watch": as_bytes}
+    )
+    servicer = servicer or DiscoveryServicer(core)
+    if isinstance(servicer, DiscoveryServicer):
+        servicer.registrar = registrar
+    # The generated registrations only call the two add_* methods the registrar provides.
+    target = cast(grpc.aio.Server, registrar)
+    pb_grpc.add_DiscoveryServiceServicer_to_server(servicer, target)
     health = HealthService([SERVICE_NAME])
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, target)
+    # ADS reads decoded requests through its context: registered as it is (grpc decodes them).
     add_xds_service(server, core)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, XDS_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+    names = [SERVICE_NAME, XDS_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        AsyncReflectionServicer(names), target
     )
     return server, health
-
-
-class _WatchAsBytes:
-    """Hands the generated registration to `server` with Watch's serializer swapped for one that
-    passes bytes through: Watch messages are serialized once and shared by every stream."""
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        """Ignored: `add_registered_method_handlers` registers the same table, patched."""
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        original = handlers["Watch"]
-        assert original.unary_stream is not None
-        handlers = {
-            **handlers,
-            "Watch": grpc.unary_stream_rpc_method_handler(
-                original.unary_stream,
-                request_deserializer=original.request_deserializer,
-                response_serializer=as_bytes,
-            ),
-        }
-        generic = grpc.method_handlers_generic_handler(service, handlers)
-        self._server.add_generic_rpc_handlers((generic,))
-        # Missing from grpc-stubs; grpcio has had it since 1.63 and the generated code calls it.
-        self._server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]

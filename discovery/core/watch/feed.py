@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Hashable
 from typing import Protocol
 
 from discovery.core.watch.events import WatchBatch, WatchEvent
+
+#: What the watchers of a feed asked for: the services (empty: all), healthy only.
+FeedKey = tuple[frozenset[str], bool]
 
 
 class FeedWatcher(Protocol):
@@ -31,9 +33,19 @@ class FeedWatcher(Protocol):
 class Feed:
     """The shared live log of the watchers of one selector."""
 
-    __slots__ = ("_batch", "_events", "end", "first", "key", "limit", "loop", "scheduled", "watchers")
+    __slots__ = (
+        "_batch",
+        "_events",
+        "end",
+        "first",
+        "key",
+        "limit",
+        "loop",
+        "scheduled",
+        "watchers",
+    )
 
-    def __init__(self, key: Hashable, limit: int) -> None:
+    def __init__(self, key: FeedKey, limit: int) -> None:
         self.key = key
         self.limit = limit
         self.watchers: dict[FeedWatcher, None] = {}  # insertion-ordered

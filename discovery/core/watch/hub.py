@@ -33,7 +33,7 @@ from discovery.core.model import Change, EventType
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
 from discovery.core.watch.events import WatchBatch, WatchEvent, WatchSelector
-from discovery.core.watch.feed import Feed
+from discovery.core.watch.feed import Feed, FeedKey
 from discovery.core.watch.queue import ProgressPacer, Watcher
 from discovery.core.watch.rounds import FanoutRounds
 
@@ -83,7 +83,7 @@ class WatchHub:
         self.rounds = FanoutRounds()
         self.closed = False
         # One feed per selector; indexed by service name (None: the feeds of every service).
-        self._feeds: dict[tuple[frozenset[str], bool], Feed] = {}
+        self._feeds: dict[FeedKey, Feed] = {}
         self._plain: dict[str | None, set[Feed]] = {}
         self._healthy: dict[str | None, set[Feed]] = {}
         # The last PUT of every instance, by service, for snapshots without copying the registry.

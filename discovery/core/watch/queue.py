@@ -289,4 +289,3 @@ class Watcher:
             await waiter
         finally:
             self._waiter = None
-

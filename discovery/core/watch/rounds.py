@@ -3,12 +3,14 @@ goes out as a few large messages rather than one message per change per watcher.
 
 Sending a message costs a stream about the same whatever it holds, and every stream's write
 competes with the registry's own calls for the one event loop. So the hub does not wake a
-watcher for each change. A change is appended to the feeds it concerns (`discovery.core.watch.
-feed`) and those feeds are scheduled; a round then releases every watcher of the scheduled feeds
-that has something to take, and each takes everything it has queued as one message. The round ends when every released watcher has come back for more (its message went
-out) or after `ROUND_LIMIT` seconds. The next round starts no sooner than the last one took
-(`GAP` times its length), which leaves at least half the loop to the API while watchers are
-busy, and the more changes come in meanwhile, the more each message holds.
+watcher for each change. A change is appended to the feeds it concerns
+(`discovery.core.watch.feed`) and those feeds are scheduled; a round then releases every
+watcher of the scheduled feeds that has something to take, and each takes everything it has
+queued as one message. The round ends when every released watcher has come back for more (its
+message went out) or after `ROUND_LIMIT` seconds; a watcher still sending then is not waited on
+by later rounds. The next round starts no sooner than the last one took (`GAP` times its
+length), which leaves at least half the loop to the API while watchers are busy; the more
+changes come in meanwhile, the more each message holds.
 
 A change on a quiet server starts a round at once (on the next loop step, so every watcher of
 the change is released together): it reaches watchers with no added delay. Under load a change
@@ -18,7 +20,7 @@ waits at most about a round and a gap: well under a second.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Iterable
 from typing import Protocol
 
 #: A round that lasted this long ends even if some streams have not come back (a slow reader
@@ -33,7 +35,7 @@ class Releasable(Protocol):
 
     scheduled: bool
 
-    def release(self, round_id: int) -> list[Hashable]:
+    def release(self, round_id: int) -> Iterable[object]:
         """Let the feed's watchers take what they have queued; the watchers released."""
 
 
@@ -42,7 +44,7 @@ class FanoutRounds:
 
     def __init__(self) -> None:
         self._pending: dict[Releasable, None] = {}  # feeds, insertion-ordered
-        self._running: set[Hashable] = set()  # watchers released and not back yet
+        self._running: set[object] = set()  # watchers released and not back yet
         self._round = 0
         self._started = 0.0
         self._next_at = 0.0
@@ -62,7 +64,7 @@ class FanoutRounds:
         if self._flush is None and not self._running:
             self._arm(loop)
 
-    def finished(self, watcher: Hashable, round_id: int) -> None:
+    def finished(self, watcher: object, round_id: int) -> None:
         """`watcher` came back after what round `round_id` released to it."""
         if round_id != self._round or watcher not in self._running:
             return
@@ -70,7 +72,7 @@ class FanoutRounds:
         if not self._running:
             self._end_round()
 
-    def forget(self, watcher: Hashable) -> None:
+    def forget(self, watcher: object) -> None:
         """The watcher closed."""
         if watcher in self._running:
             self._running.discard(watcher)
@@ -95,7 +97,7 @@ class FanoutRounds:
             return
         self._round += 1
         self._started = loop.time()
-        running: set[Hashable] = set()
+        running: set[object] = set()
         for feed in released:
             running.update(feed.release(self._round))
         if not running:
