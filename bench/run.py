@@ -31,6 +31,8 @@ MODULES = [
     "grpc_heartbeat",
     "watch_fanout",
     "xds_fanout",
+    "watch_writes",
+    "conn_flood",
     "memory",
     "metrics_scrape",
     "register_burst",
