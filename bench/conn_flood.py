@@ -3,8 +3,9 @@
 A fresh server (defaults, but a header timeout long enough that the flood stays open while it is
 measured) on core 0; this process opens 3,000 silent TCP connections to each port (REST and
 gRPC), holds them for a second, measures the server's RSS, then closes them all and waits for
-the server's RSS to come back (it hands free memory back every `MEMORY_TRIM_INTERVAL_SECONDS`,
-30 s by default): the figure is the RSS above where it started, at most 45 s after the close.
+the server's RSS to come back (every `MEMORY_TRIM_INTERVAL_SECONDS`, 30 s by default, it checks
+whether many connections closed and then hands free memory back): the figure is the RSS above
+where it started, at most 45 s after the close.
 
     python -m bench.conn_flood [--smoke]
 """
