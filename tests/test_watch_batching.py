@@ -105,3 +105,20 @@ async def test_an_sse_watcher_gets_a_burst_in_fewer_writes(make_server: ServerFa
             revisions.extend(puts)
         assert revisions == list(range(start + 1, end + 1))
         assert reads < BURST
+
+
+async def test_a_change_between_subscribing_and_streaming_is_not_held_back() -> None:
+    registry, hub, _ = hub_on_fake_clock(watch_progress_interval=10)
+    streaming = hub.watch(WatchSelector())
+    assert await streaming.next_batch() is not None  # the feed is streaming now
+    late = hub.watch(WatchSelector())  # subscribed, not reading yet
+    register(registry, "game", "game-1")
+    assert await asyncio.wait_for(streaming.next_batch(), 5) is not None  # a round went by
+    snapshot = await late.next_batch()
+    assert snapshot is not None
+    assert snapshot.reset
+    live = await asyncio.wait_for(late.next_batch(), 2)  # not stranded until progress is due
+    assert live is not None
+    assert [e.instance.instance_id for e in live.events] == ["game-1"]
+    for watcher in (streaming, late):
+        watcher.close()

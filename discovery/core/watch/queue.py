@@ -121,8 +121,9 @@ class Watcher:
         self.last_sent = 0.0  # loop time of the last message taken
         self._progress_due = False
         # Fan-out rounds: queued live events wait for a round to release them (the first
-        # take is free); `_taken_in` is the round whose release the stream is sending, reported
-        # when it is back for more.
+        # take after the snapshot or replay is free: a round may have passed the watcher by
+        # before it streamed); `_taken_in` is the round whose release the stream is sending,
+        # reported when it is back for more.
         self._released = True
         self._taken_in: int | None = None
 
@@ -189,6 +190,7 @@ class Watcher:
             events = self._take_prefix()
             return WatchBatch(events[-1].revision, events)
         if self._cursor < self.feed.end:
+            self._released = False  # until the next round
             # The same message object for every watcher of the feed at this cursor.
             batch, self._cursor = self.feed.take(self._cursor, MAX_BATCH_EVENTS, MAX_BATCH_WEIGHT)
             return batch
@@ -217,9 +219,9 @@ class Watcher:
             if self._held():
                 await self._wait(loop)
                 continue
-            self._released = False
             batch = self.poll()
             if batch is None:
+                self._released = False
                 self._back()  # released with nothing left to take: the round need not wait
                 if not self._progress_due:
                     await self._wait(loop)
