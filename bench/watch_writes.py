@@ -2,12 +2,13 @@
 streams on the registered service, beside etcd's put rate with as many watchers on its prefix.
 
 Each repetition starts a fresh server on core 0 and, when there are watchers, a watcher process
-on core 1 (`bench/watchers.cjs --tally`, reading every stream promptly). The load
-(`bench/grpc_load.cjs`, core 1): 20 HTTP/2 connections with one call in flight each, every call
-a Register of a new instance (a change every watcher must get), each grpc-status checked. etcd
-gets the same load as puts of new keys under the watched prefix. After the load window the
-watchers are told how many changes were acknowledged and answer once every stream had them all:
-the lag from the last answer to the last watcher, and the events per message they saw.
+on core 1 (`bench/watchers.cjs --tally`, reading every stream promptly and counting the events
+of each message). The load (`bench/grpc_load.cjs`, core 1): 20 HTTP/2 connections with one call
+in flight each, every call a Register of a new instance (a change every watcher must get), each
+grpc-status checked. etcd gets the same load as puts of new keys under the watched prefix. After
+the load window the watchers are told how many changes were acknowledged and answer once every
+stream had them all: the lag from the last answer to the last watcher, and the events per
+message they saw.
 
     python -m bench.watch_writes [--smoke]
 """
@@ -66,6 +67,7 @@ class Run:
     lag: float = 0.0
     per_message: float = 0.0
     server_share: float = 0.0
+    client_share: float = 0.0  # the load generator's (core 1 also runs the watchers)
 
 
 @dataclass
@@ -112,7 +114,9 @@ def server(kind: str) -> Iterator[Process]:
 
 def watchers_process(kind: str, target: str, streams: int) -> Process:
     method, request, bidi = request_for(kind)
-    command = ["node", str(ROOT / "bench" / "watchers.cjs"), "--target", target, "--tally"]
+    field = "11" if kind == "etcd" else "2"  # the events field of each WatchResponse
+    command = ["node", str(ROOT / "bench" / "watchers.cjs"), "--target", target]
+    command += ["--tally", field]
     command += ["--method", method, "--request", request.hex(), "--streams", str(streams)]
     return Process([*command, *(["--bidi"] if bidi else [])], cpu=CLIENT_CPU)
 
@@ -131,7 +135,8 @@ def repetition(kind: str, watchers: int, size: Size, bodies: list[bytes]) -> Run
                 connections=CLIENTS, in_flight=1, authorization=auth,
             )  # fmt: skip
             answered = time.monotonic()
-            run = Run(result.checked(f"{kind} writes"), server_share=used.server)
+            rate = result.checked(f"{kind} writes")
+            run = Run(rate, server_share=used.server, client_share=used.client)
             if result.ok >= len(bodies):
                 raise BenchError(f"{kind}: the {len(bodies)} distinct changes ran out")
             if clients is not None:
@@ -181,7 +186,9 @@ def _ratio_row(key: str, watchers: int, runs: dict[str, Runs], size: Size) -> Ro
         f"{watchers} watch streams in one Node process (bench/watchers.cjs) on core 1; "
         f"{ours.median(watchers, 'per_message'):.1f} events per WatchResponse, last write to "
         f"the last watcher {ours.median(watchers, 'lag') * 1000:.0f} ms; server core "
-        f"{ours.median(watchers, 'server_share'):.0%}"
+        f"{ours.median(watchers, 'server_share'):.0%} (with no watcher "
+        f"{ours.median(0, 'server_share'):.0%}), load generator "
+        f"{ours.median(watchers, 'client_share'):.0%} of core 1, which the watchers share"
     )
     if "etcd" in runs:
         etcd = runs["etcd"]
