@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from discovery.core.watch.events import WatchBatch, WatchEvent
@@ -34,8 +35,10 @@ class Feed:
     """The shared live log of the watchers of one selector."""
 
     __slots__ = (
+        "_at",
         "_batch",
         "_events",
+        "_on_behind",
         "end",
         "first",
         "key",
@@ -45,9 +48,13 @@ class Feed:
         "watchers",
     )
 
-    def __init__(self, key: FeedKey, limit: int) -> None:
+    def __init__(self, key: FeedKey, limit: int, on_behind: Callable[[], None]) -> None:
         self.key = key
         self.limit = limit
+        self._on_behind = on_behind  # called once for each watcher that falls behind
+        # The watchers by cursor, so that dropping the oldest event finds those it leaves
+        # behind without looking at the others.
+        self._at: dict[int, set[FeedWatcher]] = {}
         self.watchers: dict[FeedWatcher, None] = {}  # insertion-ordered
         self._events: deque[WatchEvent] = deque()
         self.first = 0  # sequence number of the oldest event held
@@ -63,7 +70,18 @@ class Feed:
         self.end += 1
         if len(events) > self.limit:
             events.popleft()
+            for _ in self._at.pop(self.first, ()):
+                self._on_behind()
             self.first += 1
+
+    def move(self, watcher: FeedWatcher, old: int | None, new: int | None) -> None:
+        """A watcher's cursor went from `old` to `new` (None: not in the feed)."""
+        if old is not None and (at := self._at.get(old)) is not None:
+            at.discard(watcher)
+            if not at:
+                del self._at[old]
+        if new is not None:
+            self._at.setdefault(new, set()).add(watcher)
 
     def take(self, start: int, max_events: int, max_weight: int) -> tuple[WatchBatch, int]:
         """The message of the events from sequence number `start` on (at most `max_events`

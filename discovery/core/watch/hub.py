@@ -125,7 +125,7 @@ class WatchHub:
         key = (selector.services, selector.healthy_only)
         feed = self._feeds.get(key)
         if feed is None:
-            feed = self._feeds[key] = Feed(key, self.max_backlog)
+            feed = self._feeds[key] = Feed(key, self.max_backlog, self.fell_behind)
             index = self._healthy if selector.healthy_only else self._plain
             for name in selector.services or (None,):
                 index.setdefault(name, set()).add(feed)

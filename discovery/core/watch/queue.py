@@ -110,6 +110,7 @@ class Watcher:
         self.protocol = protocol
         self.resets = 0
         self._cursor = feed.end  # the sequence number of the next live event to take
+        feed.move(self, None, self._cursor)
         self._ended = False
         self._closed = False
         # Owed before the queue: a snapshot (at `_snapshot_revision`) or a replay from history.
@@ -159,13 +160,14 @@ class Watcher:
         if not self._closed:
             self._closed = True
             self._prefix = []
+            self.feed.move(self, self._cursor, None)
             self.hub.pacer.discard(self)
             self.hub.rounds.forget(self)
             self.hub.forget(self)
 
     def start_snapshot(self) -> None:
         """Owe a fresh snapshot (and skip the queued events: the snapshot covers them)."""
-        self._cursor = self.feed.end
+        self._move(self.feed.end)
         self._snapshot_revision = self.hub.revision
         self._prefix = self.hub.snapshot(self.selector)
         self._prefix_at = 0
@@ -182,8 +184,7 @@ class Watcher:
         if self._closed or self._ended:
             return None
         if self.behind:
-            self.hub.fell_behind()
-            self.start_snapshot()
+            self.start_snapshot()  # counted when it fell behind (`Feed.append`)
         if self._snapshot_revision is not None:
             return self._next_snapshot_batch(self._snapshot_revision)
         if self._prefix_at < len(self._prefix):
@@ -192,7 +193,8 @@ class Watcher:
         if self._cursor < self.feed.end:
             self._released = False  # until the next round
             # The same message object for every watcher of the feed at this cursor.
-            batch, self._cursor = self.feed.take(self._cursor, MAX_BATCH_EVENTS, MAX_BATCH_WEIGHT)
+            batch, after = self.feed.take(self._cursor, MAX_BATCH_EVENTS, MAX_BATCH_WEIGHT)
+            self._move(after)
             return batch
         return None
 
@@ -247,6 +249,10 @@ class Watcher:
             self._prefix = []
             self._prefix_at = 0
         return WatchBatch(revision, events, reset=first, synced=last, snapshot=True)
+
+    def _move(self, cursor: int) -> None:
+        self.feed.move(self, self._cursor, cursor)
+        self._cursor = cursor
 
     def _held(self) -> bool:
         """Only live events are owed and no round has released them yet (a progress message
