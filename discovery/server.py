@@ -88,9 +88,10 @@ class DiscoveryServer:
             descriptors, settings.max_connections, settings.health_check_max_concurrency
         )
         self.connection_cap = cap
-        log.info("Descriptor limit %d: at most %d connections on each port", descriptors, cap)
         await self.core.start()
         self._core_started = True
+        # Logged once the store opened: a store that cannot start the server says so alone.
+        log.info("Descriptor limit %d: at most %d connections on each port", descriptors, cap)
         self._grpc, self._health = build_server(self.core, options=grpc_options(settings, cap))
         address = _join(settings.host, settings.grpc_port)
         if tls is None:
