@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 PROTO := proto/discovery/v1/discovery.proto
 
-.PHONY: run test lint proto proto-check bench bench-smoke freeze clean chromium
+.PHONY: run test lint proto proto-check bench bench-smoke freeze clean chromium prometheus etcd
 
 # The dashboard test drives Debian's chromium through Playwright; Playwright's own browser
 # downloads are never used.
@@ -17,11 +17,17 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 run: $(STAMP)
 	$(BIN)/service-discovery
 
-test: $(STAMP) lint proto-check chromium
+test: $(STAMP) etcd lint proto-check chromium prometheus
 	$(BIN)/python -m pytest
 
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+# The tests run a real Prometheus (Debian's package). Installing it may enable its system service
+# where systemd runs; the tests never use that one: they start their own on a free port.
+prometheus:
+	@command -v prometheus >/dev/null || (apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
@@ -44,11 +50,19 @@ proto-check: $(STAMP)
 		cmp -s $$tmp/$$f $$f || { echo "stale generated code: $$f (run 'make proto')"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated code is fresh"
 
-bench: $(STAMP)
+bench: $(STAMP) etcd
 	$(BIN)/python -m bench.run
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) etcd
 	$(BIN)/python -m bench.run --smoke
+
+# The etcd the replica tests start on free ports (Debian's package; the tests never use a system
+# etcd, and the package's own service is stopped so it holds no well-known port), and openssl
+# for the certificates of the TLS test.
+etcd:
+	@command -v etcd >/dev/null || (apt-get update && apt-get install -y etcd-server && \
+		(systemctl disable --now etcd 2>/dev/null || service etcd stop 2>/dev/null || true))
+	@command -v openssl >/dev/null || (apt-get update && apt-get install -y openssl)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

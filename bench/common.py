@@ -122,9 +122,11 @@ class Process(SyncServerProcess):
 
 def server_env(**env: str) -> dict[str, str]:
     """The environment of `python -m discovery` in a bench (beyond `discovery.testing`'s
-    loopback and free ports): the write secret, warnings only."""
+    loopback and free ports): the write secret, warnings only, the `memory` store unless `env`
+    names another."""
     return {
         "SERVICE_DISCOVERY_SECRET": SECRET,
+        "SERVICE_DISCOVERY_STORE": "memory",
         "LOG_LEVEL": "WARNING",
         **env,
     }

@@ -32,10 +32,15 @@ MODULES = [
     "grpc_heartbeat",
     "watch_fanout",
     "xds_fanout",
+    "watch_writes",
+    "conn_flood",
     "memory",
+    "metrics_scrape",
     "register_burst",
     "probe_fleet",
     "startup",
+    "store",
+    "replicas",
 ]
 
 

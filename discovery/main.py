@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+from discovery import logs
 from discovery.core.settings import ENV_VARS, ConfigError, Settings
 from discovery.server import serve
 from discovery.tls import load_server_tls
@@ -37,18 +38,6 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     return Settings.from_env(env, **overrides)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    # uvicorn's start and stop chatter repeats ours (under the confusing name "uvicorn.error").
-    if logging.getLevelNamesMapping()[level] > logging.DEBUG:
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-
-
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
@@ -59,19 +48,19 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: exit 2 on bad settings (TLS files included), 1 when a port cannot be
-    bound, else 0."""
+    bound or the store cannot be used (taken, damaged, not writable), else 0."""
     try:
         settings = parse_args(argv, os.environ)
         load_server_tls(settings)  # unusable TLS files are bad settings too
     except ConfigError as exc:
-        print(f"service-discovery: {exc}", file=sys.stderr)
+        print(logs.early_line(f"service-discovery: {exc}", os.environ), file=sys.stderr)
         sys.exit(2)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))
     except ConfigError as exc:  # a TLS file that changed since
-        print(f"service-discovery: {exc}", file=sys.stderr)
+        print(logs.early_line(f"service-discovery: {exc}", os.environ), file=sys.stderr)
         sys.exit(2)
     except (OSError, RuntimeError) as exc:
         log.error("Cannot start: %s", exc)

@@ -21,7 +21,12 @@ import uvicorn
 from discovery.core.clock import Clock
 from discovery.core.facade import DiscoveryCore
 from discovery.core.settings import Settings
+from discovery.core.store.base import Store
+from discovery.etcd.store import EtcdStore
 from discovery.heap import settle_heap
+from discovery.http_guard import ConnectionGuard, guarded_protocol
+from discovery.limits import MemoryTrimmer, connection_cap, raise_descriptor_limit
+from discovery.ratelimit import quiet_foreign_loggers
 from discovery.rpc.health import HealthService
 from discovery.rpc.servicer import build_server
 from discovery.tls import load_server_tls
@@ -46,16 +51,21 @@ class _Uvicorn(uvicorn.Server):
 class DiscoveryServer:
     """The REST facade and the gRPC API over one `DiscoveryCore`, on the running event loop."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, store: Store | None = None
+    ) -> None:
         self.settings = settings
-        self.core = DiscoveryCore(settings, clock)
+        self.core = DiscoveryCore(settings, clock, store or _store(settings))
         self.rest_port = 0
         self.grpc_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._health: HealthService | None = None
         self._rest: _Uvicorn | None = None
         self._rest_task: asyncio.Task[None] | None = None
+        self._trimmer = MemoryTrimmer(settings.memory_trim_interval)
         self._stopped = False
+        self._core_started = False
+        self.connection_cap = 0
 
     @property
     def rest_url(self) -> str:
@@ -72,8 +82,17 @@ class DiscoveryServer:
         """Bind both ports, start serving and the background work, log the bound addresses."""
         settings = self.settings
         tls = load_server_tls(settings)  # a bad file stops start-up before anything runs
+        quiet_foreign_loggers(settings.client_error_log_interval)
+        descriptors = raise_descriptor_limit()
+        cap = connection_cap(
+            descriptors, settings.max_connections, settings.health_check_max_concurrency
+        )
+        self.connection_cap = cap
         await self.core.start()
-        self._grpc, self._health = build_server(self.core)
+        self._core_started = True
+        # Logged once the store opened: a store that cannot start the server says so alone.
+        log.info("Descriptor limit %d: at most %d connections on each port", descriptors, cap)
+        self._grpc, self._health = build_server(self.core, options=grpc_options(settings, cap))
         address = _join(settings.host, settings.grpc_port)
         if tls is None:
             self.grpc_port = self._grpc.add_insecure_port(address)
@@ -87,7 +106,11 @@ class DiscoveryServer:
             lifespan="off",
             log_config=None,
             access_log=False,
-            http="httptools",
+            http=guarded_protocol(
+                ConnectionGuard(cap, settings.header_timeout, settings.client_error_log_interval)
+            ),
+            # uvicorn types it as int; any number of seconds works (it goes to call_later).
+            timeout_keep_alive=settings.idle_timeout,  # type: ignore[arg-type]
             ws="none",
             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace)),
             **(tls.uvicorn_options() if tls is not None else {}),
@@ -99,6 +122,8 @@ class DiscoveryServer:
                 await self._rest_task
                 raise RuntimeError("the REST server stopped during start-up")
             await asyncio.sleep(0.005)
+        self.core.serving()
+        self._trimmer.start()
         announce.info("REST listening on %s", _join(settings.host, self.rest_port))
         announce.info("gRPC listening on %s", _join(settings.host, self.grpc_port))
         if tls is not None:
@@ -117,6 +142,8 @@ class DiscoveryServer:
         if self._stopped:
             return
         self._stopped = True
+        if not self._core_started:
+            return  # the store could not be opened: nothing runs, nothing to stop
         grace = self.settings.shutdown_grace
         log.info("Shutting down (grace %ss)", grace)
         if self._health is not None:
@@ -132,7 +159,49 @@ class DiscoveryServer:
             if isinstance(outcome, BaseException):
                 log.warning("A server did not stop cleanly: %r", outcome)
         await self.core.stop()
+        await self._trimmer.stop()
         log.info("Stopped")
+
+
+def _store(settings: Settings) -> Store | None:
+    """The store `SERVICE_DISCOVERY_STORE` names (None: the core's default)."""
+    if settings.etcd is not None:
+        return EtcdStore(settings)
+    return None
+
+
+def grpc_options(settings: Settings, cap: int) -> list[tuple[str, int]]:
+    """The gRPC server's connection hygiene (README, "Connections").
+
+    A silent TCP connection is closed when its HTTP/2 handshake is not done within the header
+    timeout; a connection with no call open for `grpc_max_connection_idle` is closed; the server
+    pings every connection after `grpc_keepalive_time` of silence and closes it when the ping
+    goes unanswered for `grpc_keepalive_timeout` (a dead peer, whose KeepAlive streams then
+    count as broken). Age-based GOAWAY is off by default: with it, a connection stops taking
+    new calls at that age and its open streams (Watch, KeepAlive) run on until they end, or
+    until the grace when one is set, after which clients reconnect (Watch resumes from its last
+    revision; a KeepAlive stream cut this way is a break).
+    """
+    options = [
+        ("grpc.max_allowed_incoming_connections", cap),
+        ("grpc.server_handshake_timeout_ms", _ms(settings.header_timeout)),
+        ("grpc.keepalive_time_ms", _ms(settings.grpc_keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(settings.grpc_keepalive_timeout)),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if settings.grpc_max_connection_idle > 0:
+        options.append(("grpc.max_connection_idle_ms", _ms(settings.grpc_max_connection_idle)))
+    if settings.grpc_max_connection_age > 0:
+        options.append(("grpc.max_connection_age_ms", _ms(settings.grpc_max_connection_age)))
+        if settings.grpc_max_connection_age_grace > 0:
+            grace = _ms(settings.grpc_max_connection_age_grace)
+            options.append(("grpc.max_connection_age_grace_ms", grace))
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _join(host: str, port: int) -> str:

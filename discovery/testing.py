@@ -33,6 +33,7 @@ from typing import Any
 
 from discovery.core.clock import Clock
 from discovery.core.settings import Settings
+from discovery.core.store.base import Store
 from discovery.server import DiscoveryServer
 
 #: The console script of the interpreter running the tests.
@@ -58,17 +59,22 @@ class FakeClock:
 
 
 def test_settings(**changes: Any) -> Settings:
-    """Settings for an in-process server: loopback, free ports, defaults otherwise."""
-    return Settings(host="127.0.0.1", rest_port=0, grpc_port=0).replace(**changes)
+    """Settings for an in-process server: loopback, free ports, the `memory` store (nothing
+    written to disk), defaults otherwise."""
+    return Settings(host="127.0.0.1", rest_port=0, grpc_port=0, store="memory").replace(**changes)
 
 
 @contextlib.asynccontextmanager
 async def run_server(
-    settings: Settings | None = None, clock: Clock | None = None, **changes: Any
+    settings: Settings | None = None,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    **changes: Any,
 ) -> AsyncIterator[DiscoveryServer]:
-    """Start a server on the running loop (free ports on 127.0.0.1 unless told otherwise)."""
+    """Start a server on the running loop (free ports on 127.0.0.1 and the `memory` store
+    unless told otherwise; `store` replaces the one the settings name)."""
     settings = (settings or test_settings()).replace(**changes)
-    server = DiscoveryServer(settings, clock)
+    server = DiscoveryServer(settings, clock, store)
     await server.start()
     try:
         yield server
@@ -91,12 +97,13 @@ def listening(line: str) -> tuple[str, int] | None:
 
 
 def server_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The current environment plus loopback and free ports, plus `env`."""
+    """The current environment plus loopback, free ports and the `memory` store, plus `env`."""
     return {
         **os.environ,
         "SERVICE_DISCOVERY_HOST": "127.0.0.1",
         "SERVICE_DISCOVERY_PORT": "0",
         "SERVICE_DISCOVERY_GRPC_PORT": "0",
+        "SERVICE_DISCOVERY_STORE": "memory",
         **(env or {}),
     }
 
@@ -173,8 +180,9 @@ class ServerProcess(_Ports):
         within: float = 60.0,
         wait: bool = True,
     ) -> ServerProcess:
-        """Spawn the server with the current environment plus `env` (loopback, port 0 unless
-        `env` says otherwise); with `wait`, return once it listens on both ports."""
+        """Spawn the server with the current environment plus `env` (loopback, port 0 and the
+        `memory` store unless `env` says otherwise); with `wait`, return once it listens on
+        both ports."""
         environment = server_env(env)
         proc = await asyncio.create_subprocess_exec(
             *(command or [str(SCRIPT)]),

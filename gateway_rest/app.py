@@ -7,30 +7,38 @@ from typing import Any
 from fastapi import FastAPI
 
 from discovery.core.facade import DiscoveryCore
-from gateway_rest import errors
+from gateway_rest import errors, metrics, prometheus_sd, root
 from gateway_rest.guard import WriteGuard
 from gateway_rest.hot import HotPaths
 from gateway_rest.routers import health_router, router
 from gateway_rest.routing import RouteTable
 from gateway_rest.sse import router as watch_router
+from gateway_rest.timing import RequestTimer
 from gateway_rest.ui import build_router as build_ui_router
 
 
 def create_app(core: DiscoveryCore) -> FastAPI:
-    """The REST application serving `core`: `/v1/discovery/...`, `/health`, `/docs`, `/ui/`."""
+    """The REST application serving `core`: `/v1/discovery/...`, `/health`, `/metrics`, `/`,
+    `/docs`, `/ui/`."""
     app = FastAPI(
         title="Service Discovery",
         version="1.0.0",
         description="Service registration, discovery and health monitoring (legacy REST API).",
     )
     app.state.core = core
+    app.state.metrics = metrics.build_registry(core)
     app.include_router(router)
     app.include_router(watch_router)
+    app.include_router(prometheus_sd.router)
     app.include_router(health_router)
     app.include_router(build_ui_router())
+    app.include_router(metrics.router)
+    app.include_router(root.router)
     errors.install(app)
-    # Starlette runs the last added outermost: the guard first, then the hot paths.
+    # Starlette runs the last added outermost: the guard first, the hot paths, then the timer
+    # of what the routes answer.
     routes = RouteTable(app.routes)
+    app.add_middleware(RequestTimer, metrics=core.metrics)
     app.add_middleware(HotPaths, core=core, routes=routes)
     app.add_middleware(WriteGuard, auth=core.auth, routes=routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -18,6 +18,7 @@ definition of the API (paths, OpenAPI, validation errors, status codes).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from discovery.core.errors import DiscoveryError
 from discovery.core.facade import DiscoveryCore
+from discovery.core.metrics import REST, Histogram
 from gateway_rest import routers
 from gateway_rest.guard import read_body, replay
 from gateway_rest.routing import RouteTable
@@ -65,31 +67,49 @@ class HotPaths:
         self.routes = routes
         self._cache: dict[tuple[Any, ...], tuple[int, bytes]] = {}
         self._ok = _encode(routers.HEARTBEAT_OK)
+        # The hot answers are timed here, into their routes' histograms: an ASGI layer around
+        # this one would cost every request a coroutine more (`gateway_rest.timing` times the
+        # requests that go on to the routes).
+        self._timings: dict[str, Histogram] = {}
+
+    def _timing(self, template: str) -> Histogram:
+        histogram = self._timings.get(template)
+        if histogram is None:
+            histogram = self._timings[template] = self.core.metrics.request_histogram(
+                REST, template
+            )
+        return histogram
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (found := self.routes.find(scope)) is not None:
             route, params = found
             endpoint = route.endpoint
+            started = time.perf_counter()
             if endpoint is routers.heartbeat:
-                await self._heartbeat(scope, receive, send)
+                if await self._heartbeat(scope, receive, send):
+                    self._timing(route.path).observe(time.perf_counter() - started)
                 return
             version = None if endpoint is None else _READS.get(endpoint)
             if endpoint is not None and version is not None:
                 body = await self._read(endpoint, version, params)
                 if body is not None:
                     await _reply(send, body)
+                    self._timing(route.path).observe(time.perf_counter() - started)
                     return
         await self.app(scope, receive, send)
 
-    async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _heartbeat(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a heartbeat here (True) or hand it to the route (False, timed there)."""
         body = await read_body(receive, limit=None) or b""
         answer = await self._beat(body) if _is_json(scope) else None
         if answer is None:
             await self.app(scope, replay(body, receive), send)
-        elif isinstance(answer, Response):
+            return False
+        if isinstance(answer, Response):
             await answer(scope, receive, send)
         else:
             await _reply(send, answer)
+        return True
 
     async def _beat(self, body: bytes) -> bytes | Response | None:
         """The route's answer to a plainly valid heartbeat; None leaves it to the route."""

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from discovery.core.errors import InstanceNotFound
 from discovery.core.facade import DiscoveryCore
+from discovery.core.metrics import REST
 from gateway_rest.routing import WRITE
 from gateway_rest.schemas import (
     AlertRecord,
@@ -56,7 +57,7 @@ health_router = APIRouter(tags=["health"])
 )
 async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
     """Register an instance, or update it when it is registered already."""
-    outcome = await core.register(body.to_registration())
+    outcome = await core.register(body.to_registration(), REST)
     instance = outcome.instance
     return RegisterResponse(
         success=True,
@@ -76,7 +77,7 @@ async def register(body: RegisterRequest, core: Core) -> RegisterResponse:
 async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONResponse:
     """Keep an instance's registration alive, optionally reporting its load."""
     try:
-        core.heartbeat(body.service_name, body.instance_id, body.load_percentage)
+        core.heartbeat(body.service_name, body.instance_id, body.load_percentage, REST)
     except InstanceNotFound:
         return JSONResponse(  # the legacy 404 shape: not {"detail": ...}
             status_code=404, content={"success": False, "message": "Service not found"}
@@ -91,7 +92,7 @@ async def heartbeat(body: HeartbeatRequest, core: Core) -> Outcome | JSONRespons
 )
 async def unregister(service_name: str, instance_id: str, core: Core) -> Outcome:
     """Remove an instance."""
-    await core.unregister(service_name, instance_id)
+    await core.unregister(service_name, instance_id, REST)
     return Outcome(success=True, message="Service unregistered successfully")
 
 

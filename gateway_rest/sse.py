@@ -17,11 +17,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from discovery.core import validation
 from discovery.core.errors import InvalidArgument, ShuttingDown
 from discovery.core.facade import DiscoveryCore
+from discovery.core.metrics import SSE
 from discovery.core.watch.hub import WatchBatch, WatchEvent, WatchSelector
 from gateway_rest.routers import Core
 from gateway_rest.schemas import InstanceRecord
@@ -40,9 +41,14 @@ def _service_names(names: list[str]) -> list[str]:
     return names
 
 
+# The pattern is published in the OpenAPI schema only; the core's check is the one applied.
+_ServiceName = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": validation.SERVICE_NAME_PATTERN, "maxLength": 128}),
+]
 ServiceNames = Annotated[
-    list[str],
-    Query(description="A service to watch; repeat for several; none means all."),
+    list[_ServiceName],
+    Query(description="A service name; repeat for several; none means all."),
     AfterValidator(_service_names),
 ]
 
@@ -79,7 +85,7 @@ def _revision(last_event_id: str | None) -> int | None:
 async def _stream(core: DiscoveryCore, selector: WatchSelector) -> AsyncIterator[bytes]:
     # Subscribing here rather than in the route: the generator's finally is then sure to run.
     try:
-        watcher = core.watch(selector)
+        watcher = core.watch(selector, SSE)
     except ShuttingDown:
         return
     try:
@@ -112,7 +118,11 @@ def _marker(kind: bytes, revision: int, numbered: bool) -> bytes:
 
 
 def encode_batch(batch: WatchBatch) -> bytes:
-    """The SSE text of one watch message."""
+    """The SSE text of one watch message (encoded once for every stream that sends it)."""
+    return batch.encoded(_encode)
+
+
+def _encode(batch: WatchBatch) -> bytes:
     if batch.snapshot:
         parts = [_marker(b"RESET", batch.revision, numbered=False)] if batch.reset else []
         parts.extend(event.encoded(_unnumbered) for event in batch.events)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -12,8 +13,9 @@ import pytest
 
 from discovery.core.model import Instance, Registration
 from discovery.server import DiscoveryServer
-from discovery.testing import run_server
+from discovery.testing import run_server, test_settings
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
+from tests.etcd_support import Etcd, started_etcd
 
 SECRET = "test-secret"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -33,12 +35,37 @@ else:
     Stub = pb_grpc.DiscoveryServiceStub
 
 
+@pytest.fixture(scope="session")
+def etcd_for_contract() -> Iterator[Etcd]:
+    """One etcd for every contract test run in etcd mode (each server gets its own prefix)."""
+    with started_etcd() as etcd:
+        yield etcd
+
+
 @pytest.fixture
-def make_server() -> ServerFactory:
-    """`async with make_server(**settings) as server`: a server with the test secret by default."""
+def store_mode(request: pytest.FixtureRequest) -> str:
+    """Where `make_server` keeps state; modules that run their contract tests against a replica
+    on etcd too parametrize it (`ON_EVERY_STORE`)."""
+    return str(getattr(request, "param", "memory"))
+
+
+#: `pytestmark` of the modules whose tests run against an in-memory server and a replica on etcd.
+ON_EVERY_STORE = pytest.mark.parametrize("store_mode", ["memory", "etcd"], indirect=True)
+
+
+@pytest.fixture
+def make_server(request: pytest.FixtureRequest, store_mode: str) -> ServerFactory:
+    """`async with make_server(**settings) as server`: a server with the test secret by default
+    (in etcd mode: a replica on its own prefix of the session's etcd)."""
+    etcd: Etcd | None = None
+    if store_mode == "etcd":
+        etcd = request.getfixturevalue("etcd_for_contract")
 
     def factory(**changes: Any) -> AbstractAsyncContextManager[DiscoveryServer]:
         changes.setdefault("secret", SECRET)
+        if etcd is not None:
+            store = etcd.store(f"/contract-{uuid.uuid4().hex}")
+            changes.setdefault("settings", test_settings(store=store, replica_ttl=2.0))
         return run_server(**changes)
 
     return factory

@@ -25,6 +25,7 @@ BIN = Path(sys.executable).parent
 def rest_url() -> Iterator[str]:
     env = {
         "SERVICE_DISCOVERY_SECRET": SECRET,
+        "SERVICE_DISCOVERY_STORE": "memory",
         "HEALTH_CHECK_TIMEOUT_SECONDS": "0.2",
         "MAX_INSTANCES_PER_SERVICE": "50",
     }

@@ -15,9 +15,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from discovery.server import DiscoveryServer
 from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
-from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import AUTH, EOF, GRPC_AUTH, SECRET, ServerFactory, Stub, registration
-from tests.instances import fake_instances
+from tests.conftest import (
+    AUTH,
+    EOF,
+    GRPC_AUTH,
+    ON_EVERY_STORE,
+    SECRET,
+    ServerFactory,
+    Stub,
+    registration,
+)
+
+# Against an in-memory server and against a replica on etcd.
+pytestmark = ON_EVERY_STORE
 
 
 def register_request(**fields: object) -> pb.RegisterRequest:
@@ -161,42 +171,37 @@ async def test_unregister(stub: Stub) -> None:
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_list_services_and_get_service(make_server: ServerFactory) -> None:
-    # a-2 is probed at an instance that never answers, within a timeout longer than the test:
-    # no probe result can move the revision between ListServices and GetService.
-    async with (
-        fake_instances() as fleet,
-        make_server(health_check_interval=600, health_check_timeout=300) as server,
-        grpc.aio.insecure_channel(server.grpc_target) as channel,
-    ):
-        fleet.answer("/health", hang=True)
-        stub = pb_grpc.DiscoveryServiceStub(channel)
-        empty = await stub.ListServices(pb.ListServicesRequest())
-        assert list(empty.services) == []
-        for service, instance, endpoint in [("b", "b-1", ""), ("a", "a-1", ""), ("a", "a-2", None)]:
-            request = register_request(
-                service_name=service,
-                instance_id=instance,
-                host="127.0.0.1",
-                port=fleet.port,
-                health_endpoint="/health" if endpoint is None else endpoint,
-            )
-            await stub.Register(request, metadata=GRPC_AUTH)
-        await eventually(lambda: fleet.count("/health") == 1)
+async def test_list_services_and_get_service(stub: Stub) -> None:
+    empty = await stub.ListServices(pb.ListServicesRequest())
+    assert list(empty.services) == []
+    await stub.Register(register_request(service_name="b", instance_id="b-1"), metadata=GRPC_AUTH)
+    await stub.Register(
+        register_request(service_name="a", instance_id="a-1", health_endpoint=""),
+        metadata=GRPC_AUTH,
+    )
+    await stub.Register(register_request(service_name="a", instance_id="a-2"), metadata=GRPC_AUTH)
+    listed = await stub.ListServices(pb.ListServicesRequest())
+    assert [(s.name, [i.instance_id for i in s.instances]) for s in listed.services] == [
+        ("b", ["b-1"]),
+        ("a", ["a-1", "a-2"]),
+    ]
+    assert listed.revision > empty.revision
+    full = await stub.GetService(pb.GetServiceRequest(service_name="a"))
+    assert [i.instance_id for i in full.instances] == ["a-1", "a-2"]
+    assert full.service_name == "a"
+
+    async def same_revision() -> bool:
+        # Probe results may land between two reads (on a replica they come back through
+        # etcd a moment later): both reads carry the registry's revision once it holds still.
         listed = await stub.ListServices(pb.ListServicesRequest())
-        assert [(s.name, [i.instance_id for i in s.instances]) for s in listed.services] == [
-            ("b", ["b-1"]),
-            ("a", ["a-1", "a-2"]),
-        ]
-        assert listed.revision > empty.revision
         full = await stub.GetService(pb.GetServiceRequest(service_name="a"))
-        assert [i.instance_id for i in full.instances] == ["a-1", "a-2"]
-        assert full.service_name == "a"
-        assert full.revision == listed.revision
-        healthy = await stub.GetService(pb.GetServiceRequest(service_name="a", healthy_only=True))
-        assert [i.instance_id for i in healthy.instances] == ["a-1"]
-        error = await rpc_error(stub.GetService(pb.GetServiceRequest(service_name="nope")))
-        assert error.code() == grpc.StatusCode.NOT_FOUND
+        return full.revision == listed.revision
+
+    await eventually(same_revision, within=5)
+    healthy = await stub.GetService(pb.GetServiceRequest(service_name="a", healthy_only=True))
+    assert [i.instance_id for i in healthy.instances] == ["a-1"]
+    error = await rpc_error(stub.GetService(pb.GetServiceRequest(service_name="nope")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_list_alerts(stub: Stub) -> None:
@@ -206,6 +211,12 @@ async def test_list_alerts(stub: Stub) -> None:
         pb.HeartbeatRequest(service_name="game", instance_id="game-1", load_percentage=0.9),
         metadata=GRPC_AUTH,
     )
+
+    async def raised() -> bool:
+        # A replica on etcd shows it once etcd has it: within 1 s.
+        return len((await stub.ListAlerts(pb.ListAlertsRequest())).alerts) == 1
+
+    await eventually(raised, within=1.0)
     alerts = (await stub.ListAlerts(pb.ListAlertsRequest())).alerts
     assert [(a.service_name, a.instance_id, a.load_percentage, a.threshold) for a in alerts] == [
         ("game", "game-1", 0.9, 0.8)

@@ -91,6 +91,7 @@ async def test_a_hung_instance_fails_at_the_timeout(
     started = time.monotonic()
     result = await prober.probe(at(fleet, "/health"))
     assert not result.passed
+    assert result.timed_out
     assert "timed out" in result.reason
     assert 0.4 <= time.monotonic() - started < 1.5
 
@@ -103,6 +104,7 @@ async def test_a_dripping_body_fails_at_the_timeout(
     started = time.monotonic()
     result = await prober.probe(at(fleet, "/health"))
     assert not result.passed
+    assert result.timed_out
     assert time.monotonic() - started < 1.5
 
 
@@ -117,6 +119,7 @@ async def test_a_closed_port_fails_at_once(prober: HttpProber) -> None:
     started = time.monotonic()
     result = await prober.probe(ProbeTarget("127.0.0.1", closed_port(), "/health"))
     assert not result.passed
+    assert not result.timed_out
     assert "timed out" not in result.reason
     assert time.monotonic() - started < 0.4
 

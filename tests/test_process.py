@@ -96,8 +96,12 @@ async def test_a_bad_setting_stops_start_up_with_exit_2(variable: str, value: st
 async def test_log_level_is_case_insensitive_and_ports_are_still_announced(level: str) -> None:
     async with await start(LOG_LEVEL=level) as process:
         assert await process.stop() == 0
-    other_info = [line for line in process.lines if " INFO " in line and "listening on" not in line]
+    announced = ("listening on", "Store: ")  # the ports and the store are always announced
+    other_info = [
+        line for line in process.lines if " INFO " in line and not any(a in line for a in announced)
+    ]
     assert other_info == []
+    assert sum("Store: memory" in line for line in process.lines) == 1
 
 
 async def test_a_port_in_use_fails_clearly() -> None:

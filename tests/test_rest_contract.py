@@ -8,7 +8,11 @@ import httpx
 import pytest
 
 from discovery.server import DiscoveryServer
-from tests.conftest import AUTH, ServerFactory, register
+from discovery.testing import eventually
+from tests.conftest import AUTH, ON_EVERY_STORE, ServerFactory, register
+
+# Against an in-memory server and against a replica on etcd.
+pytestmark = ON_EVERY_STORE
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?\+00:00$")
 RECORD_KEYS = {
@@ -174,8 +178,13 @@ async def test_alerts_list(rest: httpx.AsyncClient) -> None:
         json={"service_name": "game", "instance_id": "game-1", "load_percentage": 0.95},
         headers=AUTH,
     )
+
+    async def raised() -> bool:
+        # A replica on etcd shows it once etcd has it: within 1 s.
+        return len((await rest.get("/v1/discovery/alerts")).json()["alerts"]) == 1
+
+    await eventually(raised, within=1.0)
     alerts = (await rest.get("/v1/discovery/alerts")).json()["alerts"]
-    assert len(alerts) == 1
     alert = alerts[0]
     assert set(alert) == {"service_name", "instance_id", "load_percentage", "threshold", "since"}
     assert (alert["service_name"], alert["instance_id"]) == ("game", "game-1")

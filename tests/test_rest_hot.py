@@ -49,7 +49,9 @@ def asgi_client(app: FastAPI) -> httpx.AsyncClient:
 
 
 def new_core() -> DiscoveryCore:
-    return DiscoveryCore(Settings(secret=SECRET), FakeClock(wall=1_800_000_000.123456))
+    return DiscoveryCore(
+        Settings(secret=SECRET, store="memory"), FakeClock(wall=1_800_000_000.123456)
+    )
 
 
 @dataclass

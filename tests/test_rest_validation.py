@@ -21,7 +21,7 @@ MISSING = object()
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(DiscoveryCore(Settings(secret=SECRET)))
+    app = create_app(DiscoveryCore(Settings(secret=SECRET, store="memory")))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client

@@ -1,4 +1,4 @@
-"""The ADS stream (CONTRACT section 10) through a raw client built from the xds-protos types."""
+"""The ADS stream through a raw client built from the xds-protos types."""
 
 from __future__ import annotations
 

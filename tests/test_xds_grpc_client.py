@@ -1,5 +1,5 @@
 """A real grpcio client resolving `xds:///echo` through this server reaches the healthy
-backends only (CONTRACT section 10): three gRPC backends, the server as a subprocess, the
+backends only: three gRPC backends, the server as a subprocess, the
 client as another, no SDK of ours in the client."""
 
 from __future__ import annotations

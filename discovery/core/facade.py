@@ -10,27 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from discovery.core.auth import Authenticator
 from discovery.core.clock import Clock, SystemClock
-from discovery.core.errors import ShuttingDown
+from discovery.core.errors import LimitExceeded, ShuttingDown
 from discovery.core.health.alerts import AlertBook
 from discovery.core.health.monitor import HealthMonitor
 from discovery.core.health.webhook import WebhookSink
 from discovery.core.keepalive import KeepAliveSessions
 from discovery.core.load import ProcessLoad
+from discovery.core.metrics import GRPC, Metrics, ServiceCensus, census
 from discovery.core.model import Alert, Instance, Registration
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
+from discovery.core.shared import SharedStore
 from discovery.core.store.base import Store
-from discovery.core.store.memory import MemoryStore
+from discovery.core.store.location import store_at
 from discovery.core.watch.events import WatchSelector
 from discovery.core.watch.hub import WatchHub
 from discovery.core.watch.queue import Watcher
+from discovery.core.writes import WriteGate
 
 log = logging.getLogger("discovery.core")
+# Which store the state comes from is announced whatever LOG_LEVEL says, like the ports.
+store_log = logging.getLogger("discovery.store")
+store_log.setLevel(logging.INFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +56,16 @@ class DiscoveryCore:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.store: Store = store or MemoryStore()
-        self.registry = Registry(settings, self.clock)
+        self.store: Store = store or store_at(settings.store)
+        self.metrics = Metrics()
+        self.registry = Registry(settings, self.clock, self.metrics)
+        self.registry.attach(self.store)
+        self._writes = WriteGate(self.registry)
         self.auth = Authenticator(settings.secret)
         self.alert_book = AlertBook(settings.critical_load_threshold, self.clock.time)
         self.registry.subscribe(self.alert_book)
-        self.monitor = HealthMonitor(settings, self.registry, self.clock)
+        self.alert_book.add_sink(self.metrics.alert)
+        self.monitor = HealthMonitor(settings, self.registry, self.clock, metrics=self.metrics)
         self.registry.probes = self.monitor
         self.webhook: WebhookSink | None = None
         if settings.alert_webhook_url:
@@ -64,19 +75,40 @@ class DiscoveryCore:
         self.shutting_down = False
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self.watch_hub = WatchHub(self.registry, settings)
+        self.watch_hub = WatchHub(self.registry, settings, self.metrics)
         self.on_shutdown(self.watch_hub.close)
         self.keepalive = KeepAliveSessions(self)
+        # A store shared by replicas (etcd) feeds the registry itself: see `SharedStore`.
+        self.shared = isinstance(self.store, SharedStore)
+        if isinstance(self.store, SharedStore):
+            self.store.bind(self)
 
     # -- writes (callers have authenticated and validated) ----------------------------------
+    # `via` names the protocol a write came in by (`discovery.core.metrics`), for the counts.
 
-    async def register(self, registration: Registration) -> Registered:
+    async def register(self, registration: Registration, via: str = GRPC) -> Registered:
         """Add or update an instance once the store has it; `LimitExceeded` or
         `StoreUnavailable` leave the registry as it was."""
-        self.registry.check_limits(registration)
-        record = self.registry.record_of(registration)
-        await self.store.put(record)
-        instance, created = self.registry.register(registration, record.registered_at)
+        return await _unstoppable(self._register(registration, via))
+
+    async def _register(self, registration: Registration, via: str) -> Registered:
+        key = (registration.service_name, registration.instance_id)
+        with self._writes.registering(key):
+            record = self.registry.record_of(registration)
+            existed = self.registry.get(*key) is not None
+            await self.store.put(record)
+            if self.shared:
+                # Applied from the store's watch before `put` returned; gone again only if
+                # another replica removed it meanwhile.
+                instance, created = self.registry.get(*key) or record, not existed
+            else:
+                try:
+                    instance, created = self.registry.register(registration, record.registered_at)
+                except LimitExceeded:
+                    # Cannot happen while the gate counts right; if it does, take it back.
+                    self.store.forget(*key)
+                    raise
+        self.metrics.registrations[via] += 1
         if created:
             log.info(
                 "Registered %s:%s at %s:%s",
@@ -87,20 +119,39 @@ class DiscoveryCore:
             )
         return Registered(instance, created)
 
-    def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
-        return self.registry.heartbeat(service_name, instance_id, load)
+    def heartbeat(
+        self, service_name: str, instance_id: str, load: float | None = None, via: str = GRPC
+    ) -> Instance:
+        """Record a heartbeat (and a pushed load); `InstanceNotFound` when unknown."""
+        instance = self.registry.heartbeat(service_name, instance_id, load)
+        self.metrics.heartbeats[via] += 1
+        return instance
 
-    async def unregister(self, service_name: str, instance_id: str) -> Instance:
-        """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown."""
+    async def unregister(self, service_name: str, instance_id: str, via: str = GRPC) -> Instance:
+        """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown,
+        `StoreUnavailable` leaves it registered."""
         self.registry.require(service_name, instance_id)
-        await self.store.delete(service_name, instance_id)
-        instance = self.registry.unregister(service_name, instance_id)
+        return await _unstoppable(self._unregister(service_name, instance_id, via))
+
+    async def _unregister(self, service_name: str, instance_id: str, via: str) -> Instance:
+        with self._writes.unregistering((service_name, instance_id)):
+            instance = self.registry.require(service_name, instance_id)
+            await self.store.delete(service_name, instance_id)
+            if not self.shared:  # a shared store's watch has removed it already
+                instance = self.registry.unregister(service_name, instance_id)
+        self.metrics.unregistrations[via] += 1
         log.info("Unregistered %s:%s", service_name, instance_id)
         return instance
 
     def sever(self, keys: list[tuple[str, str]]) -> None:
         """A stream that kept these instances alive broke: they turn unhealthy at once."""
         self.registry.sever(keys)
+
+    def hold(self, key: tuple[str, str], held: bool) -> None:
+        """A KeepAlive stream took or let go of an instance: a shared store records which
+        replica keeps it, so the instance is severed when that replica dies."""
+        if isinstance(self.store, SharedStore):
+            self.store.hold(key, held)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -130,10 +181,14 @@ class DiscoveryCore:
         """The healthy instances of one service (empty when the service is unknown)."""
         return self.registry.healthy(service_name)
 
-    def watch(self, selector: WatchSelector) -> Watcher:
+    def watch(self, selector: WatchSelector, via: str = GRPC) -> Watcher:
         """Open a watcher; `ShuttingDown` once shutdown has begun."""
         self.check_serving()
-        return self.watch_hub.watch(selector)
+        return self.watch_hub.watch(selector, via)
+
+    def census(self) -> dict[str, ServiceCensus]:
+        """Every service's instances counted by status and critical load (for the gauges)."""
+        return census(self.registry.services())
 
     def alerts(self) -> list[Alert]:
         return self.alert_book.alerts()
@@ -158,14 +213,30 @@ class DiscoveryCore:
         self._tasks.append(task)
 
     async def start(self) -> None:
-        """Open the store, then start the background work: TTL sweeps, the load meter, probes
-        and alert delivery."""
-        await self.store.open()
-        self.spawn("registry-sweeper", self._sweep_forever)
+        """Open the store and take in what it holds, then start the background work: TTL
+        sweeps, the load meter, probes and alert delivery. `StoreFailure` when the store
+        cannot be used."""
+        restored = await self.store.open(lambda: self.registry.revision)
+        if not self.shared:  # a shared store loads the registry itself, at its revision
+            self.registry.restore(restored.instances, restored.revision)
+            self.watch_hub.reload()
+        self.alert_book.restore(list(self.registry.all_instances()))
+        if self.store.description == "memory":
+            store_log.info("Store: memory")
+        else:
+            store_log.info(
+                "Store: %s (%d instances restored)", self.store.description, len(self.registry)
+            )
+        if not self.shared:  # a shared store expires instances once for every replica
+            self.spawn("registry-sweeper", self._sweep_forever)
         self.spawn("process-load", self.process_load.run)
         self.spawn("health-monitor", self.monitor.run)
         if self.webhook is not None:
             self.spawn("alert-webhook", self.webhook.run)
+
+    def serving(self) -> None:
+        """Both ports serve: restored instances get their TTL and heartbeat grace from now."""
+        self.registry.restart_deadlines()
 
     def begin_shutdown(self) -> None:
         """Refuse new streams and tell the hooks; idempotent."""
@@ -207,3 +278,20 @@ class DiscoveryCore:
             deadline = self.registry.sweep()
             delay = deadline - self.clock.monotonic()
             await asyncio.sleep(min(cap, max(0.01, delay)))
+
+
+T = TypeVar("T")
+
+
+async def _unstoppable(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end even if the caller is cancelled (a client that hung up): a write
+    the store made durable must be applied, or store and registry would disagree."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # The caller may be gone: take the outcome, so a refusal is not reported as never retrieved.
+    if not task.cancelled():
+        task.exception()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from discovery.core import validation
+from discovery.core.metrics import KEEPALIVE
 from discovery.core.model import Instance
 
 Key = tuple[str, str]
@@ -35,11 +36,16 @@ class KeepAliveCore(Protocol):
     def on_shutdown(self, hook: Callable[[], None]) -> None:
         """Call `hook` when shutdown begins."""
 
-    def heartbeat(self, service_name: str, instance_id: str, load: float | None = None) -> Instance:
-        """Record a heartbeat; `InstanceNotFound` when unknown."""
+    def heartbeat(
+        self, service_name: str, instance_id: str, load: float | None = None, via: str = ...
+    ) -> Instance:
+        """Record a heartbeat that came in by `via`; `InstanceNotFound` when unknown."""
 
     def sever(self, keys: list[Key]) -> None:
         """These instances lost the stream that kept them alive."""
+
+    def hold(self, key: Key, held: bool) -> None:
+        """A stream took (`held`) or let go of an instance (replicas record who keeps it)."""
 
 
 class KeepAliveSessions:
@@ -88,7 +94,7 @@ class KeepAliveSession:
         then.
         """
         load = validation.heartbeat(service_name, instance_id, load)
-        instance = self._core.heartbeat(service_name, instance_id, load)
+        instance = self._core.heartbeat(service_name, instance_id, load, KEEPALIVE)
         key = instance.key
         if detach:
             if key in self._held:
@@ -97,6 +103,8 @@ class KeepAliveSession:
         elif key not in self._held:
             self._held.add(key)
             self._holders[key] += 1
+            if self._holders[key] == 1:
+                self._core.hold(key, True)
         return instance
 
     def close(self) -> None:
@@ -119,4 +127,5 @@ class KeepAliveSession:
             self._holders[key] = count
             return False
         del self._holders[key]
+        self._core.hold(key, False)
         return True

@@ -7,7 +7,7 @@ stops at the first one still within its span, whatever the size of the registry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from discovery.core.model import Instance
 
@@ -26,6 +26,14 @@ class Deadlines:
         """`instance` was heard from at `at` (not earlier than any time given before)."""
         self._at.pop(instance, None)
         self._at[instance] = at
+
+    def add_all(self, instances: Iterable[Instance], at: float) -> None:
+        """Instances not held yet, all heard from at `at` (not earlier than any time before)."""
+        self._at.update(dict.fromkeys(instances, at))
+
+    def restart(self, at: float) -> None:
+        """Every instance heard from at `at` (not earlier than any time given before)."""
+        self._at = dict.fromkeys(self._at, at)
 
     def discard(self, instance: Instance) -> None:
         self._at.pop(instance, None)

@@ -24,6 +24,35 @@ class ConfigError(ValueError):
         self.variable = variable
 
 
+DEFAULT_PREFIX = "/service-discovery"
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdTarget:
+    """The endpoints of one etcd cluster and the key prefix every server key lies under."""
+
+    endpoints: tuple[str, ...]
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def parse(cls, url: str) -> EtcdTarget:
+        """`ValueError` naming what is wrong with `url`."""
+        rest = url.removeprefix("etcd://")
+        hosts, slash, path = rest.partition("/")
+        prefix = "/" + path if slash else DEFAULT_PREFIX
+        if prefix == "/" or prefix.endswith("/"):
+            raise ValueError("the prefix must not be empty or end with '/'")
+        endpoints = tuple(hosts.split(","))
+        for endpoint in endpoints:
+            host, colon, port = endpoint.rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"expected HOST:PORT, got {endpoint!r}")
+        return cls(endpoints, prefix)
+
+    def __str__(self) -> str:
+        return f"{','.join(self.endpoints)} {self.prefix}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the process can be told. Durations are seconds and accept fractions."""
@@ -32,6 +61,7 @@ class Settings:
     rest_port: int = 3004
     grpc_port: int = 50051
     log_level: str = "INFO"
+    log_format: str = "text"
     secret: str | None = None
 
     health_check_interval: float = 30.0
@@ -62,6 +92,32 @@ class Settings:
     tls_client_ca_file: str | None = None
     xds_lb_policy: str = "round_robin"
     xds_dns_refresh: float = 30.0
+    #: Where the registry's state is kept: `sqlite:PATH`, `memory`, `etcd://...` (see
+    #: `discovery.core.store`).
+    store: str = "sqlite:data/registry.db"
+    etcd_username: str | None = None
+    etcd_password: str | None = None
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    replica_ttl: float = 5.0
+
+    @property
+    def etcd(self) -> EtcdTarget | None:
+        """Where the etcd store is, when `store` names one."""
+        return EtcdTarget.parse(self.store) if self.store.startswith("etcd://") else None
+
+    # Connection hygiene (both ports): caps, timeouts, keepalive, memory given back.
+    max_connections: int = 10_000
+    idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    grpc_max_connection_idle: float = 300.0
+    grpc_max_connection_age: float = 0.0
+    grpc_max_connection_age_grace: float = 0.0
+    grpc_keepalive_time: float = 60.0
+    grpc_keepalive_timeout: float = 20.0
+    client_error_log_interval: float = 10.0
+    memory_trim_interval: float = 30.0
 
     @property
     def heartbeat_grace(self) -> float:
@@ -145,6 +201,13 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    log_format = raw.lower()
+    if log_format not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return log_format
+
+
 def _optional_text(raw: str) -> str | None:
     return raw or None
 
@@ -165,6 +228,40 @@ def _lb_policy(raw: str) -> str:
     if policy not in LB_POLICIES:
         raise ValueError("expected one of " + ", ".join(LB_POLICIES))
     return policy
+
+
+def _store(raw: str) -> str:
+    if raw == "memory":
+        return raw
+    if raw.startswith("sqlite:"):
+        if not raw.removeprefix("sqlite:").strip():
+            raise ValueError("sqlite: needs a file path, as in sqlite:data/registry.db")
+        return raw
+    if raw.startswith("etcd://"):
+        EtcdTarget.parse(raw)
+        return raw
+    raise ValueError("expected sqlite:PATH, memory or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+
+
+def _store_form(value: str) -> str | None:
+    try:
+        _store(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _readable_file(raw: str) -> str:
+    try:
+        with open(raw, "rb"):
+            return raw
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror}") from None
+
+
+def _replica_ttl(value: float) -> str | None:
+    # etcd grants no lease shorter than about 2 s.
+    return None if value >= 2 else "must be at least 2"
 
 
 def _port(value: int) -> str | None:
@@ -196,6 +293,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "rest_port": ("SERVICE_DISCOVERY_PORT", _integer),
     "grpc_port": ("SERVICE_DISCOVERY_GRPC_PORT", _integer),
     "log_level": ("LOG_LEVEL", _log_level),
+    "log_format": ("LOG_FORMAT", _log_format),
     "secret": ("SERVICE_DISCOVERY_SECRET", _optional_text),
     "health_check_interval": ("HEALTH_CHECK_INTERVAL_SECONDS", _seconds),
     "health_check_timeout": ("HEALTH_CHECK_TIMEOUT_SECONDS", _seconds),
@@ -219,9 +317,27 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "tls_client_ca_file": ("SERVICE_DISCOVERY_TLS_CLIENT_CA_FILE", _optional_text),
     "xds_lb_policy": ("XDS_LB_POLICY", _lb_policy),
     "xds_dns_refresh": ("XDS_DNS_REFRESH_SECONDS", _seconds),
+    "store": ("SERVICE_DISCOVERY_STORE", _store),
+    "etcd_username": ("SERVICE_DISCOVERY_ETCD_USERNAME", _optional_text),
+    "etcd_password": ("SERVICE_DISCOVERY_ETCD_PASSWORD", _optional_text),
+    "etcd_ca_file": ("SERVICE_DISCOVERY_ETCD_CA_FILE", _readable_file),
+    "etcd_cert_file": ("SERVICE_DISCOVERY_ETCD_CERT_FILE", _readable_file),
+    "etcd_key_file": ("SERVICE_DISCOVERY_ETCD_KEY_FILE", _readable_file),
+    "replica_ttl": ("SERVICE_DISCOVERY_REPLICA_TTL_SECONDS", _seconds),
+    "max_connections": ("MAX_CONNECTIONS", _integer),
+    "idle_timeout": ("IDLE_TIMEOUT_SECONDS", _seconds),
+    "header_timeout": ("HEADER_TIMEOUT_SECONDS", _seconds),
+    "grpc_max_connection_idle": ("GRPC_MAX_CONNECTION_IDLE_SECONDS", _seconds),
+    "grpc_max_connection_age": ("GRPC_MAX_CONNECTION_AGE_SECONDS", _seconds),
+    "grpc_max_connection_age_grace": ("GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", _seconds),
+    "grpc_keepalive_time": ("GRPC_KEEPALIVE_TIME_SECONDS", _seconds),
+    "grpc_keepalive_timeout": ("GRPC_KEEPALIVE_TIMEOUT_SECONDS", _seconds),
+    "client_error_log_interval": ("CLIENT_ERROR_LOG_INTERVAL_SECONDS", _seconds),
+    "memory_trim_interval": ("MEMORY_TRIM_INTERVAL_SECONDS", _seconds),
 }
 
 _RULES: dict[str, Callable[[Any], str | None]] = {
+    "store": _store_form,
     "rest_port": _port,
     "grpc_port": _port,
     "health_check_interval": _positive,
@@ -241,6 +357,17 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "watch_progress_interval": _progress,
     "shutdown_grace": _non_negative,
     "xds_dns_refresh": _positive,
+    "replica_ttl": _replica_ttl,
+    "max_connections": _at_least_one,
+    "idle_timeout": _positive,
+    "header_timeout": _positive,
+    "grpc_max_connection_idle": _non_negative,
+    "grpc_max_connection_age": _non_negative,
+    "grpc_max_connection_age_grace": _non_negative,
+    "grpc_keepalive_time": _positive,
+    "grpc_keepalive_timeout": _positive,
+    "client_error_log_interval": _positive,
+    "memory_trim_interval": _non_negative,
 }
 
 #: Field name -> environment variable, for the README and the CLI help.

@@ -1,4 +1,4 @@
-"""`discoveryctl`: the operator's command line, over gRPC (CONTRACT section 9).
+"""`discoveryctl`: the operator's command line, over gRPC.
 
     discoveryctl services
     discoveryctl --server discovery:50051 get game --healthy --json

@@ -1,4 +1,4 @@
-"""Protobuf messages as the REST API's JSON shapes (CONTRACT sections 3, 4 and 6), so that
+"""Protobuf messages as the REST API's JSON shapes, so that
 `discoveryctl --json` prints what `curl` on the REST API would."""
 
 from __future__ import annotations

@@ -8,16 +8,19 @@ Translation only: requests become calls on `DiscoveryCore`, core errors become s
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer as AsyncReflectionServicer
 
 from discovery.core import validation
 from discovery.core.errors import DiscoveryError
 from discovery.core.facade import DiscoveryCore
+from discovery.core.metrics import GRPC
 from discovery.core.model import DEFAULT_HEALTH_ENDPOINT
 from discovery.rpc.codec import (
     InstanceMessages,
@@ -26,6 +29,7 @@ from discovery.rpc.codec import (
     fill_instance,
     instance_to_pb,
 )
+from discovery.rpc.decoding import DecodingRegistrar, Malformed
 from discovery.rpc.health import HEALTH_SERVICE_NAME, HealthService
 from discovery.rpc.status import STATUS_FOR, authorization, status_for
 from discovery.rpc.streams import as_bytes, keep_alive, watch
@@ -61,12 +65,15 @@ def _unary(
 
     The check runs in the handler rather than in a server interceptor: grpc.aio runs an
     interceptor through extra coroutines on every call, reads included, which cost about a
-    sixth of the unary throughput.
+    sixth of the unary throughput. The handler's time goes into the method's histogram.
     """
 
     def wrap(method: SyncHandler[Request, Response]) -> Handler[Request, Response]:
+        name = method.__name__
+
         @functools.wraps(method)
         async def handler(self: Any, request: Request, context: Context) -> Response:
+            started = time.perf_counter()
             try:
                 if write:
                     self.core.auth.check(authorization(context))
@@ -74,6 +81,8 @@ def _unary(
             except DiscoveryError as exc:
                 await context.abort(status_for(exc), exc.message)
                 raise  # abort() raises; this line only satisfies the type checker
+            finally:
+                self.timings[name].observe(time.perf_counter() - started)
 
         return handler
 
@@ -82,18 +91,33 @@ def _unary(
 
 def _durable(method: Handler[Request, Response]) -> Handler[Request, Response]:
     """Make a unary write RPC of a coroutine method (one that waits for the store): the secret
-    is checked first, and core errors become the matching status."""
+    is checked first, core errors become the matching status, and the time is recorded."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def handler(self: Any, request: Request, context: Context) -> Response:
+        started = time.perf_counter()
         try:
             self.core.auth.check(authorization(context))
             return await method(self, request, context)
         except DiscoveryError as exc:
             await context.abort(status_for(exc), exc.message)
             raise  # abort() raises; this line only satisfies the type checker
+        finally:
+            self.timings[name].observe(time.perf_counter() - started)
 
     return handler
+
+
+#: The unary RPCs, timed by `discovery_request_duration_seconds{protocol="grpc"}`.
+UNARY_METHODS = (
+    "Register",
+    "Heartbeat",
+    "Unregister",
+    "ListServices",
+    "GetService",
+    "ListAlerts",
+)
 
 
 class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
@@ -101,7 +125,9 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
 
     def __init__(self, core: DiscoveryCore) -> None:
         self.core = core
+        self.timings = {name: core.metrics.request_histogram(GRPC, name) for name in UNARY_METHODS}
         self.instance_messages = InstanceMessages()
+        self.registrar: DecodingRegistrar | None = None  # set when registered on a server
         self._interval = duration(core.settings.heartbeat_interval)
         self._ttl = duration(core.settings.registration_ttl)
 
@@ -120,7 +146,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             endpoint or None,
             dict(request.metadata),  # a plain dict reads far faster than the map
         )
-        outcome = await self.core.register(registration)
+        outcome = await self.core.register(registration, GRPC)
         response = pb.RegisterResponse(heartbeat_interval=self._interval, ttl=self._ttl)
         fill_instance(response.instance, outcome.instance)
         return response
@@ -132,7 +158,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             request.instance_id,
             request.load_percentage if request.HasField("load_percentage") else None,
         )
-        instance = self.core.heartbeat(request.service_name, request.instance_id, load)
+        instance = self.core.heartbeat(request.service_name, request.instance_id, load, GRPC)
         response = pb.HeartbeatResponse()
         self.instance_messages.fill(response.instance, instance)
         return response
@@ -141,7 +167,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     async def Unregister(
         self, request: pb.UnregisterRequest, context: Context
     ) -> pb.UnregisterResponse:
-        await self.core.unregister(request.service_name, request.instance_id)
+        await self.core.unregister(request.service_name, request.instance_id, GRPC)
         return pb.UnregisterResponse()
 
     @_unary(write=False)
@@ -173,19 +199,30 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
     def ListAlerts(self, request: pb.ListAlertsRequest, context: Context) -> pb.ListAlertsResponse:
         return pb.ListAlertsResponse(alerts=[alert_to_pb(a) for a in self.core.alerts()])
 
+    def malformed(self, method: str, error: Malformed) -> None:
+        """Log a request that did not decode (at most once per interval)."""
+        if self.registrar is not None:
+            self.registrar.malformed(method, error)
+
     # The streaming RPCs (discovery.rpc.streams), bound as methods: coroutines that read and
-    # write through their context; Watch writes pre-serialized bytes (see _WatchAsBytes).
+    # write through their context; Watch writes pre-serialized bytes (`build_server`).
     KeepAlive = keep_alive  # type: ignore[assignment]
     Watch = watch  # type: ignore[assignment]
 
 
 def build_server(
-    core: DiscoveryCore, servicer: pb_grpc.DiscoveryServiceServicer | None = None
+    core: DiscoveryCore,
+    servicer: pb_grpc.DiscoveryServiceServicer | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Server, HealthService]:
     """A grpc.aio server (not started, no port) with the discovery, xDS (ADS), health and
     reflection services.
 
-    Call inside the running event loop.
+    Every method decodes its own request (`discovery.rpc.decoding`: a malformed one gets
+    INVALID_ARGUMENT); Watch's serializer passes bytes through, because its messages are
+    serialized once and shared by every stream. `options` are more grpc server options
+    (connection limits and keepalive, from the composition root). Call inside the running
+    event loop.
     """
     server = grpc.aio.server(
         options=[
@@ -193,44 +230,24 @@ def build_server(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             *BURST_OPTIONS,
+            *options,
         ],
     )
-    # The generated registration only calls the two add_* methods _WatchAsBytes provides.
-    registrar = cast(grpc.aio.Server, _WatchAsBytes(server))
-    pb_grpc.add_DiscoveryServiceServicer_to_server(servicer or DiscoveryServicer(core), registrar)
+    registrar = DecodingRegistrar(
+        server, core.settings.client_error_log_interval, serializers={"Watch": as_bytes}
+    )
+    servicer = servicer or DiscoveryServicer(core)
+    if isinstance(servicer, DiscoveryServicer):
+        servicer.registrar = registrar
+    # The generated registrations only call the two add_* methods the registrar provides.
+    target = cast(grpc.aio.Server, registrar)
+    pb_grpc.add_DiscoveryServiceServicer_to_server(servicer, target)
     health = HealthService([SERVICE_NAME])
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, target)
+    # ADS reads decoded requests through its context: registered as it is (grpc decodes them).
     add_xds_service(server, core)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, XDS_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
+    names = [SERVICE_NAME, XDS_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        AsyncReflectionServicer(names), target
     )
     return server, health
-
-
-class _WatchAsBytes:
-    """Hands the generated registration to `server` with Watch's serializer swapped for one that
-    passes bytes through: Watch messages are serialized once and shared by every stream."""
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        """Ignored: `add_registered_method_handlers` registers the same table, patched."""
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        original = handlers["Watch"]
-        assert original.unary_stream is not None
-        handlers = {
-            **handlers,
-            "Watch": grpc.unary_stream_rpc_method_handler(
-                original.unary_stream,
-                request_deserializer=original.request_deserializer,
-                response_serializer=as_bytes,
-            ),
-        }
-        generic = grpc.method_handlers_generic_handler(service, handlers)
-        self._server.add_generic_rpc_handlers((generic,))
-        # Missing from grpc-stubs; grpcio has had it since 1.63 and the generated code calls it.
-        self._server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]

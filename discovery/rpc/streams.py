@@ -22,8 +22,10 @@ import grpc
 from discovery.core.errors import DiscoveryError
 from discovery.core.facade import DiscoveryCore
 from discovery.core.keepalive import KeepAliveSession
+from discovery.core.metrics import GRPC
 from discovery.core.watch.hub import WatchBatch, WatchEvent, WatchSelector
 from discovery.rpc.codec import EVENT_TO_PB, InstanceMessages, instance_to_pb
+from discovery.rpc.decoding import Malformed, decode
 from discovery.rpc.status import authorization, status_for
 from discovery.v1 import discovery_pb2 as pb
 
@@ -58,7 +60,11 @@ def _live_message(event: WatchEvent) -> bytes:
 
 
 def encode_batch(batch: WatchBatch) -> bytes:
-    """A serialized WatchResponse for `batch`."""
+    """A serialized WatchResponse for `batch` (encoded once for every stream that sends it)."""
+    return batch.encoded(_encode)
+
+
+def _encode(batch: WatchBatch) -> bytes:
     events = batch.events
     if len(events) == 1 and not batch.reset and batch.synced:
         event = events[0]
@@ -75,6 +81,9 @@ class StreamServicer(Protocol):
     core: DiscoveryCore
     instance_messages: InstanceMessages
 
+    def malformed(self, method: str, error: Malformed) -> None:
+        """Log a request that did not decode (rate-limited)."""
+
 
 async def watch(servicer: StreamServicer, request: pb.WatchRequest, context: Context) -> None:
     """The Watch RPC: a snapshot (or the history after `start_revision`), then every change.
@@ -88,7 +97,7 @@ async def watch(servicer: StreamServicer, request: pb.WatchRequest, context: Con
         selector = WatchSelector.checked(
             request.service_names, request.healthy_only, request.start_revision
         )
-        watcher = core.watch(selector)
+        watcher = core.watch(selector, GRPC)
     except DiscoveryError as exc:
         await context.abort(status_for(exc), exc.message)
     try:
@@ -118,12 +127,21 @@ def _ack(
     return ack
 
 
+def _refusal(error: Malformed) -> pb.KeepAliveResponse:
+    """The ack of a request that did not decode: INVALID_ARGUMENT, and the stream goes on."""
+    return pb.KeepAliveResponse(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=str(error))
+
+
+Received = pb.KeepAliveRequest | Malformed
+
+
 class _Inbox:
-    """The requests of one stream, read by a task of its own so that the handler can stop
-    waiting for them when shutdown begins; at most `limit` are read ahead of the handler."""
+    """The requests of one stream, read (and decoded: the method has no deserializer) by a
+    task of its own so that the handler can stop waiting for them when shutdown begins; at most
+    `limit` are read ahead of the handler."""
 
     def __init__(self, context: Context, stopping: asyncio.Future[None], limit: int = 64) -> None:
-        self._buffer: deque[pb.KeepAliveRequest] = deque()
+        self._buffer: deque[Received] = deque()
         self._limit = limit
         self._stopping = stopping
         self._ended = False
@@ -136,7 +154,7 @@ class _Inbox:
     def stopped(self) -> bool:
         return self._stopping.done()
 
-    def pop(self) -> pb.KeepAliveRequest | None:
+    def pop(self) -> Received | None:
         """The next request if one is already read (the usual case under load); None when
         none is, or once shutdown began."""
         if not self._buffer or self._stopping.done():
@@ -145,7 +163,7 @@ class _Inbox:
             self._pump.set_result(None)
         return self._buffer.popleft()
 
-    async def next(self) -> pb.KeepAliveRequest | None:
+    async def next(self) -> Received | None:
         """The next request; None when the client has closed its side or shutdown began."""
         while not self._buffer:
             if self._ended or self._stopping.done():
@@ -162,8 +180,11 @@ class _Inbox:
         # context.read() rather than the request iterator: one async generator less per request.
         eof = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
         try:
-            while (request := await context.read()) is not eof:
-                self._buffer.append(request)
+            while (raw := await context.read()) is not eof:
+                try:
+                    self._buffer.append(decode(pb.KeepAliveRequest.FromString, raw))
+                except Malformed as exc:
+                    self._buffer.append(exc)
                 self._wake_handler()
                 if len(self._buffer) >= self._limit:
                     self._pump = asyncio.get_running_loop().create_future()
@@ -203,6 +224,10 @@ async def keep_alive(
             request = inbox.pop()
             if request is None and (request := await inbox.next()) is None:
                 break
+            if isinstance(request, Malformed):
+                servicer.malformed("KeepAlive", request)
+                await context.write(_refusal(request))
+                continue
             await context.write(_ack(session, request, messages))
         if inbox.stopped:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")

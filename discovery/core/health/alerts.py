@@ -9,10 +9,10 @@ every sink (the webhook, for one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
-from discovery.core.model import Alert, Change, EventType
+from discovery.core.model import Alert, Change, EventType, Instance
 
 log = logging.getLogger("discovery.alerts")
 
@@ -28,6 +28,9 @@ class AlertBook:
         self._now = now
         self._active: dict[tuple[str, str], Alert] = {}
         self._sinks: list[AlertSink] = []
+        #: Whether this process delivers the alerts of an instance to the sinks (replicas on a
+        #: shared store: only the instance's owner does, so the webhook hears each alert once).
+        self.deliver_for: Callable[[tuple[str, str]], bool] = lambda key: True
 
     def add_sink(self, sink: AlertSink) -> None:
         """Call `sink(event, alert, at)` for every raise and clear."""
@@ -36,6 +39,16 @@ class AlertBook:
     def alerts(self) -> list[Alert]:
         """Active alerts, oldest first."""
         return list(self._active.values())
+
+    def restore(self, instances: Iterable[Instance]) -> None:
+        """Take in the alerts of restored instances at critical load, silently: they were
+        raised (logged, sent) before the restart."""
+        for instance in instances:
+            if instance.critical_load:
+                key = (instance.service_name, instance.instance_id)
+                since = instance.critical_since
+                at = self._now() if since is None else since
+                self._active[key] = Alert(*key, instance.load_percentage, self._threshold, at)
 
     def __call__(self, change: Change) -> None:
         instance = change.instance
@@ -62,6 +75,8 @@ class AlertBook:
             self._emit("alert.cleared", alert)
 
     def _emit(self, event: AlertEvent, alert: Alert) -> None:
+        if not self.deliver_for((alert.service_name, alert.instance_id)):
+            return
         at = self._now()
         for sink in self._sinks:
             try:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from discovery.core.clock import Clock
 from discovery.core.health.probe import HttpProber, Prober, ProbeResult, ProbeTarget
 from discovery.core.health.schedule import ProbeSchedule, Slot
+from discovery.core.metrics import FAILED, PASSED, TIMED_OUT, Metrics
 from discovery.core.model import HealthStatus, Instance
 from discovery.core.registry import Key, Registry
 from discovery.core.settings import Settings
@@ -62,9 +64,15 @@ class HealthMonitor:
     """
 
     def __init__(
-        self, settings: Settings, registry: Registry, clock: Clock, prober: Prober | None = None
+        self,
+        settings: Settings,
+        registry: Registry,
+        clock: Clock,
+        prober: Prober | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._registry = registry
         self._clock = clock
         self._prober = prober
@@ -91,6 +99,10 @@ class HealthMonitor:
     def drop(self, key: Key) -> None:
         """Stop probing `key`; a result still in flight for it will be ignored."""
         self._schedule.discard(key)
+
+    def probing(self, key: Key) -> bool:
+        """Whether `key` is on the schedule."""
+        return self._schedule.get(key) is not None
 
     # -- running ------------------------------------------------------------------------------
 
@@ -155,6 +167,8 @@ class HealthMonitor:
         task.add_done_callback(self._tasks.discard)
 
     async def _probe(self, target: _Target) -> None:
+        # Real elapsed time, whatever clock drives the schedule: this is a measurement.
+        started = time.perf_counter()
         try:
             result = await self._send(target.probe)
         finally:
@@ -162,7 +176,14 @@ class HealthMonitor:
             if self._schedule.finished(target) or self._in_flight == self._concurrency:
                 self._wake.set()
             self._in_flight -= 1
+        self._count(result, time.perf_counter() - started)
         self._apply(target, result)
+
+    def _count(self, result: ProbeResult, elapsed: float) -> None:
+        metrics = self._metrics
+        outcome = PASSED if result.passed else TIMED_OUT if result.timed_out else FAILED
+        metrics.probes[outcome] += 1
+        metrics.probe_duration.observe(elapsed)
 
     async def _send(self, probe: ProbeTarget) -> ProbeResult:
         assert self._prober is not None
@@ -170,7 +191,7 @@ class HealthMonitor:
             async with asyncio.timeout(self._settings.health_check_timeout + DEADLINE_SLACK):
                 return await self._prober.probe(probe)
         except TimeoutError:
-            return ProbeResult.failure("timed out")
+            return ProbeResult.timeout("timed out")
         except Exception as exc:  # a prober bug must fail one probe, not stop the monitor
             log.exception("Probe of %s failed unexpectedly", probe.url)
             return ProbeResult.failure(f"probe error: {exc!r}")

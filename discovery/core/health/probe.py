@@ -56,10 +56,16 @@ class ProbeResult:
     reason: str
     load: float | None = None
     bad_load: str | None = None
+    timed_out: bool = False
 
     @classmethod
     def failure(cls, reason: str) -> ProbeResult:
         return cls(False, reason)
+
+    @classmethod
+    def timeout(cls, reason: str) -> ProbeResult:
+        """A failure because no whole answer came within the time allowed."""
+        return cls(False, reason, timed_out=True)
 
 
 class Prober(Protocol):
@@ -150,7 +156,7 @@ class HttpProber:
             async with asyncio.timeout(self._timeout):
                 return await self._get(target.url)
         except (TimeoutError, httpx.TimeoutException):
-            return ProbeResult.failure(f"timed out after {self._timeout}s")
+            return ProbeResult.timeout(f"timed out after {self._timeout}s")
         except httpx.HTTPError as exc:
             return ProbeResult.failure(f"{type(exc).__name__}: {exc}".rstrip(": "))
         except OSError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from discovery.core.model import Instance
 from discovery.core.store.base import Restored
 
@@ -11,7 +13,7 @@ class MemoryStore:
 
     description = "memory"
 
-    async def open(self) -> Restored:
+    async def open(self, revision: Callable[[], int]) -> Restored:
         return Restored()
 
     async def put(self, instance: Instance) -> None:
@@ -20,7 +22,13 @@ class MemoryStore:
     async def delete(self, service_name: str, instance_id: str) -> None:
         pass
 
+    def forget(self, service_name: str, instance_id: str) -> None:
+        pass
+
     def touch(self, instance: Instance) -> None:
+        pass
+
+    def changed(self, instance: Instance) -> None:
         pass
 
     async def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from discovery.core import validation
@@ -69,6 +69,19 @@ class WatchBatch:
     #: Part of a snapshot: its events are the state at `revision`, not changes after the last
     #: message. (The last message of a snapshot cannot be told apart by the other fields.)
     snapshot: bool = False
+    _encoded: dict[Callable[..., Any], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def encoded(self, codec: Callable[[WatchBatch], T]) -> T:
+        """`codec(self)`, computed on first use and cached: the watchers of a feed that take
+        the same message share it, and its encoding."""
+        cache = self._encoded
+        try:
+            return cast(T, cache[codec])
+        except KeyError:
+            value = cache[codec] = codec(self)
+            return value
 
     @property
     def is_progress(self) -> bool:

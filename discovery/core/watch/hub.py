@@ -1,14 +1,17 @@
 """The watch hub: every registry change fanned out to watchers, each behind a bounded queue.
 
-The hub listens to the registry. For each change it builds one `WatchEvent` and one message
-holding it (two at most: a healthy-only watcher sees an instance leaving the healthy set as a
-DELETE) and appends that same message to the queue of every watcher that matches. Adapters
-encode an event through `WatchEvent.encoded`, which caches the encoding on the event, so a change
-is encoded once per protocol however many streams carry it.
+The hub listens to the registry. For each change it builds one `WatchEvent` (two at most: a
+healthy-only watcher sees an instance leaving the healthy set as a DELETE) and appends it to
+every feed that matches: watchers with the same selector share one feed, a log they each hold a
+cursor into (`discovery.core.watch.feed`), so a change costs one append per feed, not one per
+watcher. A fan-out round (`discovery.core.watch.rounds`) then lets the watchers take what they
+have queued, as one message each. Adapters encode an event through `WatchEvent.encoded` and a
+message through `WatchBatch.encoded`, which cache the encoding, so a change is encoded once per
+protocol however many streams carry it.
 
-A watcher (`discovery.core.watch.queue`) whose queue passes `watch_max_backlog` loses the
-backlog and is marked behind; when its stream next asks for a message it gets a fresh reset snapshot
-instead. Pushing never awaits, so a slow stream cannot hold up the registry, the API or other
+A watcher (`discovery.core.watch.queue`) more than `watch_max_backlog` events behind its feed
+loses the backlog; when its stream next asks for a message it gets a fresh reset snapshot
+instead. Appending never awaits, so a slow stream cannot hold up the registry, the API or other
 watchers.
 
 The hub keeps the last event of every instance (snapshots are built from it, already encoded)
@@ -20,15 +23,19 @@ into their own messages.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 
 from discovery.core.errors import ShuttingDown
+from discovery.core.metrics import GRPC, WATCH_PROTOCOLS, Metrics
 from discovery.core.model import Change, EventType
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
 from discovery.core.watch.events import WatchBatch, WatchEvent, WatchSelector
+from discovery.core.watch.feed import Feed, FeedKey
 from discovery.core.watch.queue import ProgressPacer, Watcher
+from discovery.core.watch.rounds import FanoutRounds
 
 __all__ = ["WatchBatch", "WatchEvent", "WatchHub", "WatchSelector", "Watcher"]
 
@@ -42,16 +49,6 @@ class _Fanout:
         self.change = change
         self.event = WatchEvent(change.type, change.instance, change.revision)
         self._exit: WatchEvent | None = None
-
-    def batch(self) -> WatchBatch:
-        """The live message of this change, shared by every plain watcher."""
-        return _alone(self.event)
-
-    def healthy_batch(self) -> WatchBatch | None:
-        """The live message for healthy-only watchers, shared by them all; None if they see
-        nothing of this change."""
-        event = self.for_healthy_only()
-        return None if event is None else _alone(event)
 
     def for_healthy_only(self) -> WatchEvent | None:
         """The event a healthy-only watcher sees: entering or staying is a PUT, leaving a DELETE."""
@@ -67,31 +64,47 @@ class _Fanout:
         return self._exit
 
 
-def _alone(event: WatchEvent) -> WatchBatch:
-    """The live message of one event, shared by every watcher that has nothing else queued."""
-    return WatchBatch(event.revision, (event,))
+def _revision_of(fanout: _Fanout) -> int:
+    return fanout.change.revision
 
 
 class WatchHub:
     """Watchers over one registry. Used from the registry's event loop only."""
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self, registry: Registry, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
         self._registry = registry
+        self._metrics = metrics or Metrics()
+        #: Open watchers by protocol (the `discovery_watchers` gauge).
+        self.open_watchers = dict.fromkeys(WATCH_PROTOCOLS, 0)
         self.max_backlog = settings.watch_max_backlog
         self.pacer = ProgressPacer(settings.watch_progress_interval)
+        self.rounds = FanoutRounds()
         self.closed = False
-        # Index by service name; None holds the watchers of every service.
-        self._plain: dict[str | None, set[Watcher]] = {}
-        self._healthy: dict[str | None, set[Watcher]] = {}
+        # One feed per selector; indexed by service name (None: the feeds of every service).
+        self._feeds: dict[FeedKey, Feed] = {}
+        self._plain: dict[str | None, set[Feed]] = {}
+        self._healthy: dict[str | None, set[Feed]] = {}
         # The last PUT of every instance, by service, for snapshots without copying the registry.
         self._current: dict[str, dict[str, WatchEvent]] = {}
         # Recent changes with their (shared, already encoded) events, for resumes.
         self._recent: deque[_Fanout] = deque(maxlen=settings.watch_history_size)
-        for instance in registry.all_instances():
-            snap = instance.snapshot()
+        # The revision up to which history has been dropped: resumes from before it get a reset.
+        self._floor = 0
+        self.reload()
+        registry.subscribe(self._on_change)
+
+    def reload(self) -> None:
+        """Take the registry's instances as they are now (after a restore), without history:
+        a resume from an earlier revision then gets a reset snapshot."""
+        self._current.clear()
+        self._recent.clear()
+        self._floor = self._registry.revision
+        for instance in self._registry.all_instances():
+            snap = instance.published or instance.snapshot()
             event = WatchEvent(EventType.PUT, snap, instance.revision)
             self._current.setdefault(instance.service_name, {})[instance.instance_id] = event
-        registry.subscribe(self._on_change)
 
     @property
     def revision(self) -> int:
@@ -101,29 +114,36 @@ class WatchHub:
         """How many watchers are open."""
         return len(self.watchers())
 
-    def watch(self, selector: WatchSelector) -> Watcher:
+    def watch(self, selector: WatchSelector, protocol: str = GRPC) -> Watcher:
         """Open a watcher: its first messages are a snapshot, or the history after its resume
-        point when the registry still holds it. `ShuttingDown` once `close()` was called."""
+        point when the registry still holds it. `ShuttingDown` once `close()` was called.
+
+        `protocol` says which stream carries it (`discovery.core.metrics`), for the counts.
+        """
         if self.closed:
             raise ShuttingDown()
-        watcher = Watcher(self, selector)
+        key = (selector.services, selector.healthy_only)
+        feed = self._feeds.get(key)
+        if feed is None:
+            feed = self._feeds[key] = Feed(key, self.max_backlog, self.fell_behind)
+            index = self._healthy if selector.healthy_only else self._plain
+            for name in selector.services or (None,):
+                index.setdefault(name, set()).add(feed)
+        watcher = Watcher(self, selector, feed, protocol)
+        feed.watchers[watcher] = None
         replay = self._replay(selector) if selector.start_revision > 0 else None
         if replay is None:
+            if selector.start_revision > 0:
+                self.fell_behind()  # asked to resume, but the history cannot tell it all
             watcher.start_snapshot()
         else:
             watcher.start_replay(replay)
-        index = self._healthy if selector.healthy_only else self._plain
-        for name in selector.services or (None,):
-            index.setdefault(name, set()).add(watcher)
+        self.open_watchers[protocol] = self.open_watchers.get(protocol, 0) + 1
         return watcher
 
     def watchers(self) -> list[Watcher]:
         """Every open watcher (for diagnostics and tests)."""
-        found: dict[Watcher, None] = {}
-        for index in (self._plain, self._healthy):
-            for watchers in index.values():
-                found.update(dict.fromkeys(watchers))
-        return list(found)
+        return [w for feed in self._feeds.values() for w in feed.watchers if isinstance(w, Watcher)]
 
     def close(self) -> None:
         """End every watcher (their streams finish cleanly) and refuse new ones."""
@@ -146,14 +166,24 @@ class WatchHub:
 
     # -- internals --------------------------------------------------------------------------
 
+    def fell_behind(self) -> None:
+        """A watcher gets a reset snapshot instead of the changes it missed."""
+        self._metrics.watch_resets += 1
+
     def forget(self, watcher: Watcher) -> None:
-        """Stop pushing to `watcher` (called by the watcher when it closes)."""
+        """Stop feeding `watcher` (called once by the watcher when it closes)."""
+        self.open_watchers[watcher.protocol] -= 1
+        feed = watcher.feed
+        feed.watchers.pop(watcher, None)
+        if feed.watchers or self._feeds.get(feed.key) is not feed:
+            return
+        del self._feeds[feed.key]
         index = self._healthy if watcher.selector.healthy_only else self._plain
         for name in watcher.selector.services or (None,):
-            watchers = index.get(name)
-            if watchers is not None:
-                watchers.discard(watcher)
-                if not watchers:
+            feeds = index.get(name)
+            if feeds is not None:
+                feeds.discard(feed)
+                if not feeds:
                     del index[name]
 
     def _replay(self, selector: WatchSelector) -> list[WatchEvent] | None:
@@ -173,17 +203,20 @@ class WatchHub:
     def _since(self, revision: int) -> list[_Fanout] | None:
         """The changes after `revision`, or None when the history cannot tell them all (gone,
         from before this registry, or ahead of it)."""
-        # Contiguous: the registry raises its revision by one per change, and tells the hub.
+        # Revisions grow but may skip numbers (a shared store's revisions count its internal
+        # writes too), so the first change after `revision` is found by bisection.
         recent = self._recent
-        current = self._registry.revision
-        floor = recent[0].change.revision - 1 if recent else current
-        if revision < floor or revision > current:
+        if revision < self._floor or revision > self._registry.revision:
             return None
-        return list(itertools.islice(recent, revision - floor, None))
+        start = bisect.bisect_right(recent, revision, key=_revision_of)
+        return list(itertools.islice(recent, start, None))
 
     def _on_change(self, change: Change) -> None:
         fanout = _Fanout(change)
-        self._recent.append(fanout)
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self._floor = recent[0].change.revision
+        recent.append(fanout)
         instance = change.instance
         name = instance.service_name
         if change.type is EventType.PUT:
@@ -193,12 +226,15 @@ class WatchHub:
             instances.pop(instance.instance_id, None)
             if not instances:
                 self._current.pop(name, None)
-        plain = [w for key in (name, None) for w in self._plain.get(key, ())]
-        if plain:
-            batch = fanout.batch()
-            for watcher in plain:
-                watcher.push(batch)
-        healthy = [w for key in (name, None) for w in self._healthy.get(key, ())]
-        if healthy and (only := fanout.healthy_batch()) is not None:
-            for watcher in healthy:
-                watcher.push(only)
+        rounds = self.rounds
+        for key in (name, None):
+            for feed in self._plain.get(key, ()):
+                feed.append(fanout.event)
+                if feed.loop is not None and not feed.scheduled:
+                    rounds.schedule(feed, feed.loop)
+        healthy = [f for key in (name, None) for f in self._healthy.get(key, ())]
+        if healthy and (only := fanout.for_healthy_only()) is not None:
+            for feed in healthy:
+                feed.append(only)
+                if feed.loop is not None and not feed.scheduled:
+                    rounds.schedule(feed, feed.loop)

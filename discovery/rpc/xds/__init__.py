@@ -1,4 +1,4 @@
-"""xDS v3 for proxyless gRPC clients and Envoy (CONTRACT section 10), on the gRPC port.
+"""xDS v3 for proxyless gRPC clients and Envoy, on the gRPC port.
 
 `add_xds_service(server, core)` registers
 `envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources` (state of the

@@ -1,4 +1,4 @@
-"""Registry state as xDS v3 resources (CONTRACT section 10), encoded once and shared.
+"""Registry state as xDS v3 resources, encoded once and shared.
 
 For a service S: Listener `S` (an api_listener whose HttpConnectionManager routes everything to
 cluster S), Cluster `S` (EDS over ADS) and ClusterLoadAssignment `S` (the healthy instances, one

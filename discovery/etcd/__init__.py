@@ -1,0 +1,1 @@
+"""Replicas on etcd: the shared store, membership and ownership, liveness write-through."""
