@@ -250,7 +250,7 @@ async def failover(a: Process, b: Process) -> float:
                 raise BenchError("the resumed watch got a reset snapshot")
             if watcher.reconnects < 1:
                 raise BenchError("the watcher never reconnected")
-        await channel.close()
+        await channel.close(None)
     return took
 
 

@@ -194,7 +194,7 @@ def startup_row(size: Size) -> Row:
                 rest_at, grpc_at = asyncio.run(startup.first_answers(process))
                 rss.append(process.rss())
                 restored = f"({size.stored} instances restored)"
-                if not any(restored in line for line in process.stderr):
+                if not any(restored in line for line in process.lines):
                     raise RuntimeError(f"the server did not restore them all: {process.tail()}")
             finally:
                 process.stop()

@@ -81,7 +81,7 @@ class Runs:
         return [run.rate for run in self.by_watchers[watchers]]
 
     def median(self, watchers: int, what: str) -> float:
-        return statistics.median(getattr(run, what) for run in self.by_watchers[watchers])
+        return statistics.median(float(getattr(run, what)) for run in self.by_watchers[watchers])
 
 
 def requests(kind: str, count: int) -> list[bytes]:

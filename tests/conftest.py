@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import grpc
 import httpx
@@ -33,6 +33,18 @@ if TYPE_CHECKING:
     Stub: TypeAlias = DiscoveryServiceAsyncStub
 else:
     Stub = pb_grpc.DiscoveryServiceStub
+
+Message = TypeVar("Message")
+
+
+async def read_message(
+    call: grpc.aio.UnaryStreamCall[Any, Message] | grpc.aio.StreamStreamCall[Any, Message],
+) -> Message:
+    """The next message of a grpc.aio stream, which must not have ended (grpc-stubs types
+    `read()` as `EOF | message`, which is `object`)."""
+    message = await call.read()
+    assert message is not EOF, "the stream ended"
+    return cast(Message, message)
 
 
 @pytest.fixture(scope="session")

@@ -113,7 +113,7 @@ class GrpcWatch:
         self._call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        await self._channel.close()
+        await self._channel.close(None)
 
 
 class SseWatch:

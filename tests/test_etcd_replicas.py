@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import time
@@ -245,7 +246,11 @@ async def test_etcd_away_refuses_writes_serves_reads_and_recovers(etcd: Etcd) ->
         assert (
             await client.post(f"{a.rest_url}/v1/discovery/register", json=body("g-1"))
         ).is_success
-        await eventually(lambda: instance_ids(client, b.rest_url, "game"), within=2)
+
+        async def on_b() -> bool:
+            return bool(await instance_ids(client, b.rest_url, "game"))
+
+        await eventually(on_b, within=2)
         etcd.stop()
         answer = await client.post(f"{a.rest_url}/v1/discovery/register", json=body("g-2"))
         assert answer.status_code == 503, answer.text
@@ -275,8 +280,7 @@ async def test_etcd_away_refuses_writes_serves_reads_and_recovers(etcd: Etcd) ->
         await eventually(accepted, within=15, every=0.3)
         for process in (a, b):
             await eventually(
-                lambda p=process: _has(client, p.rest_url, {"g-1", "g-4"}),
-                within=2,  # type: ignore[misc]
+                functools.partial(_has, client, process.rest_url, {"g-1", "g-4"}), within=2
             )
 
 
@@ -319,7 +323,7 @@ async def test_a_three_member_etcd_losing_its_leader() -> None:
         stop.set()
         await asyncio.gather(*writers)
         for process in processes:
-            await eventually(lambda p=process: _has(client, p.rest_url, acked), within=3)  # type: ignore[misc]
+            await eventually(functools.partial(_has, client, process.rest_url, acked), within=3)
 
 
 async def _status(client: httpx.AsyncClient, url: str, instance: str) -> str | None:
@@ -332,7 +336,7 @@ async def _status(client: httpx.AsyncClient, url: str, instance: str) -> str | N
 
 async def _keep_alive(target: str, instance: str) -> tuple[grpc.aio.Channel, object]:
     channel = grpc.aio.insecure_channel(target)
-    call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive()
+    call = pb_grpc.DiscoveryServiceStub(channel).KeepAlive(None)
     await call.write(pb.KeepAliveRequest(service_name="game", instance_id=instance))
     ack = await call.read()
     assert isinstance(ack, pb.KeepAliveResponse)
@@ -349,19 +353,18 @@ async def test_a_broken_keepalive_downs_the_instance_on_every_replica_within_a_s
         ).is_success
         channel, _ = await _keep_alive(b.grpc_target, "g-1")
         await asyncio.sleep(0.3)  # the stream's hold is written through
-        await channel.close()  # the connection breaks
+        await channel.close(None)  # the connection breaks
         broken = time.monotonic()
         for process in (a, c, b):
             await eventually(
-                lambda p=process: _is(client, p.rest_url, "unhealthy"),
-                within=2,  # type: ignore[misc]
+                functools.partial(_is, client, process.rest_url, "unhealthy"), within=2
             )
         assert time.monotonic() - broken < 1.5
         # A heartbeat on another replica brings it back everywhere.
         beat = {"service_name": "game", "instance_id": "g-1"}
         assert (await client.post(f"{c.rest_url}/v1/discovery/heartbeat", json=beat)).is_success
         for process in (a, b):
-            await eventually(lambda p=process: _is(client, p.rest_url, "healthy"), within=1)  # type: ignore[misc]
+            await eventually(functools.partial(_is, client, process.rest_url, "healthy"), within=1)
 
 
 async def test_instances_kept_alive_by_a_dead_replica_turn_unhealthy(etcd: Etcd) -> None:
@@ -376,7 +379,7 @@ async def test_instances_kept_alive_by_a_dead_replica_turn_unhealthy(etcd: Etcd)
         # Within the replica TTL (2 s) + 1 s.
         await eventually(lambda: _is(client, a.rest_url, "unhealthy"), within=5)
         assert time.monotonic() - killed < 3.5
-        await channel.close()
+        await channel.close(None)
 
 
 async def _is(client: httpx.AsyncClient, url: str, status: str) -> bool:

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from discovery.testing import SCRIPT, ServerProcess, eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
+from tests.conftest import read_message
 
 SHORT = {"HEADER_TIMEOUT_SECONDS": "1", "IDLE_TIMEOUT_SECONDS": "1"}
 #: How late a timeout may act on a loaded machine, and still count as "within" it.
@@ -103,9 +104,9 @@ async def test_a_watch_stream_outlives_the_idle_timeout() -> None:
     ):
         stub = pb_grpc.DiscoveryServiceStub(channel)
         call = stub.Watch(pb.WatchRequest(), timeout=30)
-        assert (await call.read()).synced
+        assert (await read_message(call)).synced
         # An open call is not idle: progress messages keep coming on the same stream.
-        progress = await asyncio.wait_for(call.read(), 15)
+        progress = await asyncio.wait_for(read_message(call), 15)
         assert progress.synced
         assert not progress.events
         call.cancel()
@@ -125,7 +126,7 @@ async def test_a_flood_of_idle_connections_at_a_low_descriptor_limit() -> None:
             health = health_pb2_grpc.HealthStub(channel)
             stub = pb_grpc.DiscoveryServiceStub(channel)
             watch = stub.Watch(pb.WatchRequest())
-            assert (await watch.read()).synced
+            assert (await read_message(watch)).synced
             assert (await rest.get("/health")).status_code == 200
             flood: list[asyncio.StreamWriter] = []
             try:
@@ -143,7 +144,7 @@ async def test_a_flood_of_idle_connections_at_a_low_descriptor_limit() -> None:
                     service_name="svc", instance_id="a", host="10.0.0.1", port=80
                 )
                 await stub.Register(request, timeout=10)
-                message = await asyncio.wait_for(watch.read(), 10)
+                message = await asyncio.wait_for(read_message(watch), 10)
                 assert [e.instance.instance_id for e in message.events] == ["a"]
             finally:
                 for writer in flood:

@@ -11,6 +11,7 @@ import pytest
 
 from discovery.testing import ServerProcess
 from discovery.v1 import discovery_pb2 as pb
+from tests.conftest import read_message
 
 SERVICE = "/discovery.v1.DiscoveryService/"
 UNARY = [
@@ -57,27 +58,30 @@ async def test_every_method_answers_malformed_requests_with_invalid_argument(
                 assert len(caught.value.details() or "") < 300
         for method in SERVER_STREAMING:
             for payload in PAYLOADS.values():
-                call = channel.unary_stream(method, request_serializer=None)(payload, timeout=10)
+                call = channel.unary_stream(
+                    method, request_serializer=None, response_deserializer=None
+                )(payload, timeout=10)
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await call.read()
                 assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, method
         # KeepAlive: a malformed request is refused in its ack; the stream goes on.
-        keepalive = channel.stream_stream(
+        keepalive: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(
             SERVICE + "KeepAlive", request_serializer=None, response_deserializer=None
-        )(metadata=(("authorization", "Bearer s3cret"),), timeout=10)
+        )(None, metadata=(("authorization", "Bearer s3cret"),), timeout=10)
         await keepalive.write(BAD_UTF8)
-        ack = pb.KeepAliveResponse.FromString(await keepalive.read())
+        ack = pb.KeepAliveResponse.FromString(await read_message(keepalive))
         assert ack.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         good = pb.KeepAliveRequest(service_name="game", instance_id="nobody")
         await keepalive.write(good.SerializeToString())
-        ack = pb.KeepAliveResponse.FromString(await keepalive.read())
+        ack = pb.KeepAliveResponse.FromString(await read_message(keepalive))
         assert ack.code == grpc.StatusCode.NOT_FOUND.value[0]
         await keepalive.done_writing()
         # Reflection decodes its own requests too.
         reflection = channel.stream_stream(
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
             request_serializer=None,
-        )(timeout=10)
+            response_deserializer=None,
+        )(None, timeout=10)
         await reflection.write(CORRUPT)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await reflection.read()

@@ -18,7 +18,7 @@ from discovery.server import DiscoveryServer
 from discovery.testing import eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import AUTH, GRPC_AUTH, ServerFactory, registration
+from tests.conftest import AUTH, GRPC_AUTH, ServerFactory, Stub, read_message, registration
 from tests.instances import fake_instances
 from tests.metrics_helpers import Scrape, counted, scrape
 
@@ -73,7 +73,7 @@ async def test_openmetrics_when_the_scraper_asks_for_it(rest: httpx.AsyncClient)
 
 
 async def test_writes_are_counted_by_the_protocol_they_came_in_by(
-    server: DiscoveryServer, rest: httpx.AsyncClient, stub: pb_grpc.DiscoveryServiceStub
+    server: DiscoveryServer, rest: httpx.AsyncClient, stub: Stub
 ) -> None:
     for instance in ("r-1", "r-2"):
         body = registration(instance=instance)
@@ -94,10 +94,10 @@ async def test_writes_are_counted_by_the_protocol_they_came_in_by(
     )
     request = pb.HeartbeatRequest(service_name="game", instance_id="g-1")
     await stub.Heartbeat(request, metadata=GRPC_AUTH)
-    call = stub.KeepAlive(metadata=GRPC_AUTH)
+    call = stub.KeepAlive(None, metadata=GRPC_AUTH)
     for _ in range(2):
         await call.write(pb.KeepAliveRequest(service_name="game", instance_id="g-1", detach=True))
-        assert (await asyncio.wait_for(call.read(), 5)).code == 0
+        assert (await asyncio.wait_for(read_message(call), 5)).code == 0
     await call.done_writing()
     await asyncio.wait_for(call.wait_for_connection(), 5)
     assert (await rest.delete("/v1/discovery/unregister/game/r-2", headers=AUTH)).is_success
@@ -187,9 +187,9 @@ async def test_expirations_by_reason(make_server: ServerFactory) -> None:
         for instance in ("quiet", "streamed"):
             body = registration(instance=instance)
             assert (await rest.post("/v1/discovery/register", json=body, headers=AUTH)).is_success
-        call = stub.KeepAlive(metadata=GRPC_AUTH)
+        call = stub.KeepAlive(None, metadata=GRPC_AUTH)
         await call.write(pb.KeepAliveRequest(service_name="game", instance_id="streamed"))
-        assert (await asyncio.wait_for(call.read(), 5)).code == 0
+        assert (await asyncio.wait_for(read_message(call), 5)).code == 0
         call.cancel()  # a break: "streamed" turns unhealthy at once
 
         async def expired() -> bool:
@@ -204,7 +204,7 @@ async def test_expirations_by_reason(make_server: ServerFactory) -> None:
 
 
 async def test_watchers_by_protocol_and_resets(
-    server: DiscoveryServer, rest: httpx.AsyncClient, stub: pb_grpc.DiscoveryServiceStub
+    server: DiscoveryServer, rest: httpx.AsyncClient, stub: Stub
 ) -> None:
     watch = stub.Watch(pb.WatchRequest(start_revision=1))  # long gone: a reset snapshot
     first = await asyncio.wait_for(watch.read(), 5)
@@ -268,7 +268,7 @@ async def test_webhook_deliveries_are_counted(make_server: ServerFactory) -> Non
 
 
 async def test_request_durations_are_labelled_by_route_template_never_by_path(
-    server: DiscoveryServer, rest: httpx.AsyncClient, stub: pb_grpc.DiscoveryServiceStub
+    server: DiscoveryServer, rest: httpx.AsyncClient, stub: Stub
 ) -> None:
     assert (await rest.post("/v1/discovery/register", json=registration(), headers=AUTH)).is_success
     await rest.get("/v1/discovery/services/game")  # hot path

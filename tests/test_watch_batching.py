@@ -16,7 +16,7 @@ from discovery.core.watch.hub import WatchSelector
 from discovery.server import DiscoveryServer
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, read_message
 from tests.watch_helpers import hub_on_fake_clock, register
 
 BURST = 200
@@ -60,12 +60,12 @@ async def test_a_grpc_watcher_gets_a_burst_in_fewer_messages(make_server: Server
         grpc.aio.insecure_channel(server.grpc_target) as channel,
     ):
         call = pb_grpc.DiscoveryServiceStub(channel).Watch(pb.WatchRequest())
-        start = (await asyncio.wait_for(call.read(), 10)).revision
+        start = (await asyncio.wait_for(read_message(call), 10)).revision
         end = await _burst(server)
         revisions: list[int] = []
         messages = 0
         while not revisions or revisions[-1] < end:
-            message = await asyncio.wait_for(call.read(), 10)
+            message = await asyncio.wait_for(read_message(call), 10)
             if message.events:
                 messages += 1
                 assert message.revision == message.events[-1].revision
@@ -94,17 +94,24 @@ async def test_an_sse_watcher_gets_a_burst_in_fewer_writes(make_server: ServerFa
 
         start = None
         while start is None:  # the snapshot, up to SYNCED
-            synced = [e["revision"] for e in await events() if e["type"] == "SYNCED"]
+            synced = [_revision(e) for e in await events() if e["type"] == "SYNCED"]
             start = synced[-1] if synced else None
         end = await _burst(server)
-        revisions: list[int | str] = []
+        revisions: list[int] = []
         reads = 0
         while not revisions or revisions[-1] != end:
-            puts = [e["revision"] for e in await events() if e["type"] == "PUT"]
+            puts = [_revision(e) for e in await events() if e["type"] == "PUT"]
             reads += bool(puts)
             revisions.extend(puts)
         assert revisions == list(range(start + 1, end + 1))
         assert reads < BURST
+
+
+def _revision(event: dict[str, int | str]) -> int:
+    """An SSE event's revision, which is a JSON number."""
+    revision = event["revision"]
+    assert isinstance(revision, int), event
+    return revision
 
 
 async def test_a_change_between_subscribing_and_streaming_is_not_held_back() -> None:
