@@ -24,6 +24,9 @@ def create_app(core: DiscoveryCore) -> FastAPI:
         title="Service Discovery",
         version="1.0.0",
         description="Service registration, discovery and health monitoring (legacy REST API).",
+        # FastAPI's own OpenTelemetry hooks look for configured providers on every request
+        # (about a third of a hot heartbeat's cost); the server exports its own metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.core = core
     app.state.metrics = metrics.build_registry(core)
