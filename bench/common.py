@@ -65,11 +65,16 @@ class Process(SyncServerProcess):
     """
 
     def __init__(
-        self, command: Sequence[str], env: dict[str, str] | None = None, cpu: int = SERVER_CPU
+        self,
+        command: Sequence[str],
+        env: dict[str, str] | None = None,
+        cpu: int = SERVER_CPU,
+        root: Path = ROOT,
     ) -> None:
+        """`root`: the source tree the child imports from (another tree for `bench.previous`)."""
         self._lines: queue.Queue[str | None] = queue.Queue()
-        environment = {"PYTHONPATH": str(ROOT), **(env or {})}
-        super().__init__(pinned(command, cpu), environment, cwd=ROOT, stdin=True, stdout=True)
+        environment = {"PYTHONPATH": str(root), **(env or {})}
+        super().__init__(pinned(command, cpu), environment, cwd=root, stdin=True, stdout=True)
         threading.Thread(target=self._read_stdout, daemon=True).start()
 
     @property

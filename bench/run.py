@@ -30,6 +30,7 @@ from bench.tools import ToolMissing
 MODULES = [
     "rest_api",
     "grpc_heartbeat",
+    "previous",
     "watch_fanout",
     "xds_fanout",
     "watch_writes",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from discovery.core.facade import DiscoveryCore
 from gateway_rest import errors, metrics, prometheus_sd, root
@@ -17,10 +18,36 @@ from gateway_rest.timing import RequestTimer
 from gateway_rest.ui import build_router as build_ui_router
 
 
-def create_app(core: DiscoveryCore) -> FastAPI:
+class DiscoveryApp(FastAPI):
+    """FastAPI with the write guard and the hot paths in front of its whole middleware stack.
+
+    Starlette would put added middleware inside its error layers (`ServerErrorMiddleware` and
+    FastAPI's exception telemetry), which wrap every `send` of every request in one more
+    coroutine. The guard and the hot paths answer with complete responses of their own and let
+    every error go on to the routes, so they gain nothing from those layers; in front of them a
+    hot heartbeat costs a few percent less. An exception escaping them is answered 500 by
+    uvicorn, as the error layer would.
+    """
+
+    def __init__(self, core: DiscoveryCore, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.core = core
+        self.route_table = RouteTable(self.routes)
+        #: False: every request goes to the routes (what the hot paths must answer alike).
+        self.hot_paths = True
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        if self.hot_paths:
+            app = HotPaths(app, core=self.core, routes=self.route_table)
+        return WriteGuard(app, auth=self.core.auth, routes=self.route_table)
+
+
+def create_app(core: DiscoveryCore) -> DiscoveryApp:
     """The REST application serving `core`: `/v1/discovery/...`, `/health`, `/metrics`, `/`,
     `/docs`, `/ui/`."""
-    app = FastAPI(
+    app = DiscoveryApp(
+        core,
         title="Service Discovery",
         version="1.0.0",
         description="Service registration, discovery and health monitoring (legacy REST API).",
@@ -38,12 +65,9 @@ def create_app(core: DiscoveryCore) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(root.router)
     errors.install(app)
-    # Starlette runs the last added outermost: the guard first, the hot paths, then the timer
-    # of what the routes answer.
-    routes = RouteTable(app.routes)
+    # Inside the guard and the hot paths (see `DiscoveryApp`): the timer of what the routes
+    # answer.
     app.add_middleware(RequestTimer, metrics=core.metrics)
-    app.add_middleware(HotPaths, core=core, routes=routes)
-    app.add_middleware(WriteGuard, auth=core.auth, routes=routes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

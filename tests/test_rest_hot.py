@@ -26,8 +26,7 @@ from discovery.core.model import HealthStatus
 from discovery.core.settings import Settings
 from discovery.testing import FakeClock
 from gateway_rest import routers
-from gateway_rest.app import create_app
-from gateway_rest.hot import HotPaths
+from gateway_rest.app import DiscoveryApp, create_app
 from gateway_rest.routing import WRITE
 from tests.conftest import AUTH, SECRET, registration
 
@@ -37,10 +36,8 @@ EXAMPLES = settings(max_examples=150, deadline=None, database=None)
 Headers = list[tuple[bytes, bytes]]
 
 
-def without_hot_paths(app: FastAPI) -> FastAPI:
-    # A middleware class is typed as a factory, which mypy cannot see it is.
-    hot: object = HotPaths
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not hot]
+def without_hot_paths(app: DiscoveryApp) -> DiscoveryApp:
+    app.hot_paths = False
     return app
 
 
