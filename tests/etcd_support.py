@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -334,3 +335,74 @@ def started_etcd() -> Iterator[Etcd]:
     finally:
         etcd.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def compact(etcd: Etcd) -> int:
+    """Compact the history of `etcd` up to its current revision (over the JSON gateway); the
+    revision compacted to."""
+    member = next(m for m in etcd.members if m.proc is not None and m.proc.poll() is None)
+
+    def call(path: str, message: dict[str, object]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{member.client_url}{path}", data=json.dumps(message).encode()
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            result: dict[str, Any] = json.load(answer)
+        return result
+
+    revision = int(call("/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+    call("/v3/kv/compaction", {"revision": revision, "physical": True})
+    return revision
+
+
+class Cutter:
+    """A TCP relay to one address that the test can cut (every connection closed, new ones
+    refused) and restore: a network partition between one client and etcd."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.open = True
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        """Listen on a free 127.0.0.1 port; that port."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def cut(self) -> None:
+        self.open = False
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.discard(writer)
+        self._writers.discard(up_writer)

@@ -15,11 +15,12 @@ import httpx
 import pytest
 
 from discovery.etcd.membership import score
-from discovery.testing import eventually
+from discovery.testing import ServerProcess, eventually
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
-from tests.etcd_support import Etcd, running_etcd
+from tests.etcd_support import Cutter, Etcd, compact, free_port, running_etcd
 from tests.instances import fake_instances
+from tests.metrics_helpers import counted
 from tests.replicas import (
     GrpcWatch,
     SseWatch,
@@ -154,6 +155,11 @@ async def test_expiry_happens_once_whichever_replica_got_the_heartbeats(etcd: Et
         assert [e[0] for e in watch.events()] == ["PUT", "DELETE"]
         expired = [p for p in processes if "expired" in p.output]
         assert len(expired) == 1
+        counts = []
+        for process in processes:
+            async with httpx.AsyncClient(base_url=process.rest_url) as scraper:
+                counts.append(await counted(scraper, "discovery_expirations_total", reason="ttl"))
+        assert sorted(counts) == [0, 0, 1], counts  # counted once, by the replica that expired it
         await watch.close()
 
 
@@ -282,6 +288,85 @@ async def test_etcd_away_refuses_writes_serves_reads_and_recovers(etcd: Etcd) ->
             await eventually(
                 functools.partial(_has, client, process.rest_url, {"g-1", "g-4"}), within=2
             )
+
+
+async def test_a_replica_cut_off_past_a_compaction_catches_up_from_a_fresh_read(
+    etcd: Etcd,
+) -> None:
+    """B loses etcd while A writes; etcd compacts the history B would resume from; once B
+    reaches etcd again it reloads: the instance added, the one changed and the one removed
+    meanwhile are as on A, and B's watchers get those changes."""
+    member = etcd.members[0]
+    cutter = Cutter("127.0.0.1", member.client_port)
+    relay = await cutter.start()
+    env = replica_env(etcd)
+    b_env = {**env, "SERVICE_DISCOVERY_STORE": f"etcd://127.0.0.1:{relay}/service-discovery"}
+    async with (
+        replicas(1, env) as (a,),
+        replicas(1, b_env) as (b,),
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        for name in ("g-1", "g-2"):
+            await register(client, a.rest_url, name)
+        await eventually(functools.partial(_has, client, b.rest_url, {"g-1", "g-2"}), within=5)
+        watch = GrpcWatch(b.grpc_target, services=("game",))
+        await eventually(lambda: watch.synced, within=10)
+        cutter.cut()
+        await eventually(lambda: "etcd is unreachable" in b.output, within=15)
+        await register(client, a.rest_url, "g-3")
+        moved = await client.post(f"{a.rest_url}/v1/discovery/register", json=body("g-2", 9090))
+        assert moved.is_success, moved.text
+        gone = await client.delete(f"{a.rest_url}/v1/discovery/unregister/game/g-1")
+        assert gone.is_success, gone.text
+        compact(etcd)
+        # Meanwhile B serves the last state it had.
+        assert sorted(await instance_ids(client, b.rest_url, "game")) == ["g-1", "g-2"]
+        cutter.restore()
+        await eventually(lambda: "compacted the history" in b.output, within=20)
+        await eventually(functools.partial(_has, client, b.rest_url, {"g-2", "g-3"}), within=5)
+        assert sorted(await instance_ids(client, b.rest_url, "game")) == ["g-2", "g-3"]
+        service = await client.get(f"{b.rest_url}/v1/discovery/services/game")
+        ports = {i["instance_id"]: i["port"] for i in service.json()["instances"]}
+        assert ports == {"g-2": 9090, "g-3": 8080}
+        # The watcher on B saw the same: g-1 deleted, g-2 changed, g-3 added, in revision order.
+        await eventually(lambda: {"g-1", "g-2", "g-3"} <= {e[1] for e in watch.events()}, 5)
+        events = watch.events()
+        assert [r for _, _, r in events] == sorted(r for _, _, r in events)
+        last = {instance: kind for kind, instance, _ in events}
+        assert last == {"g-1": "DELETE", "g-2": "PUT", "g-3": "PUT"}
+        assert watch.error is None
+        await watch.close()
+    await cutter.close()
+
+
+async def test_a_replica_started_before_etcd_waits_for_it_then_serves(etcd: Etcd) -> None:
+    cutter = Cutter("127.0.0.1", etcd.members[0].client_port)
+    relay = await cutter.start()
+    cutter.cut()
+    env = {**replica_env(etcd), "SERVICE_DISCOVERY_STORE": f"etcd://127.0.0.1:{relay}"}
+    async with await ServerProcess.start(env=env, wait=False) as replica:
+        await replica.wait_for_line("Waiting for etcd", within=15)
+        assert not replica.ports  # no port announced before etcd's state is loaded
+        async with replicas(1, replica_env(etcd)) as (other,), httpx.AsyncClient() as client:
+            await register(client, other.rest_url, "g-1")
+            cutter.restore()
+            await replica.wait_listening(within=20)
+            assert await instance_ids(client, replica.rest_url, "game") == ["g-1"]
+            await register(client, replica.rest_url, "g-2")
+            assert await replica.stop() == 0
+    await cutter.close()
+
+
+async def test_a_replica_gives_up_with_exit_1_when_etcd_stays_away() -> None:
+    env = {
+        "SERVICE_DISCOVERY_STORE": f"etcd://127.0.0.1:{free_port()}",
+        "SERVICE_DISCOVERY_ETCD_START_TIMEOUT_SECONDS": "2",
+    }
+    async with await ServerProcess.start(env=env, wait=False) as replica:
+        assert await replica.wait(within=30) == 1
+    assert not replica.ports
+    assert "Waiting for etcd" in replica.output
+    assert "etcd is unreachable" in replica.lines[-1], replica.output
 
 
 async def _has(client: httpx.AsyncClient, url: str, wanted: set[str]) -> bool:

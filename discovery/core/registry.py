@@ -355,8 +355,14 @@ class Registry:
     def lapse(self, instance: Instance) -> None:
         """A heartbeat-only instance missed its heartbeat grace (decided by its owner)."""
         if instance.heartbeat_only and instance.healthy:
+            self._expirations[HEARTBEAT_GRACE] += 1
             instance.status = HealthStatus.UNHEALTHY
             self._settle(instance, healthy_before=True)
+
+    def expired_by_owner(self) -> None:
+        """This replica expired a registration it owns through the shared store (its removal
+        arrives like every change): counted here, so the cluster counts each expiry once."""
+        self._expirations[TTL] += 1
 
     def load(self, records: list[tuple[Instance, bool]], revision: int) -> None:
         """Start from a shared store's state at `revision`: instances in registration order,

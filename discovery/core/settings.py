@@ -101,6 +101,7 @@ class Settings:
     etcd_cert_file: str | None = None
     etcd_key_file: str | None = None
     replica_ttl: float = 5.0
+    etcd_start_timeout: float = 20.0
 
     @property
     def etcd(self) -> EtcdTarget | None:
@@ -324,6 +325,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "etcd_cert_file": ("SERVICE_DISCOVERY_ETCD_CERT_FILE", _readable_file),
     "etcd_key_file": ("SERVICE_DISCOVERY_ETCD_KEY_FILE", _readable_file),
     "replica_ttl": ("SERVICE_DISCOVERY_REPLICA_TTL_SECONDS", _seconds),
+    "etcd_start_timeout": ("SERVICE_DISCOVERY_ETCD_START_TIMEOUT_SECONDS", _seconds),
     "max_connections": ("MAX_CONNECTIONS", _integer),
     "idle_timeout": ("IDLE_TIMEOUT_SECONDS", _seconds),
     "header_timeout": ("HEADER_TIMEOUT_SECONDS", _seconds),
@@ -358,6 +360,7 @@ _RULES: dict[str, Callable[[Any], str | None]] = {
     "shutdown_grace": _non_negative,
     "xds_dns_refresh": _positive,
     "replica_ttl": _replica_ttl,
+    "etcd_start_timeout": _positive,
     "max_connections": _at_least_one,
     "idle_timeout": _positive,
     "header_timeout": _positive,

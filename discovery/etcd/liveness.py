@@ -298,6 +298,7 @@ class LivenessWriter:
     async def _expire(self, record: Record) -> None:
         try:
             if await self._store.expire(record):
+                self._registry.expired_by_owner()
                 log.info(
                     "Registration of %s:%s expired (no heartbeat for %ss)",
                     *record.key,

@@ -40,8 +40,6 @@ from discovery.etcd.records import Key, Keys, Record
 
 log = logging.getLogger("discovery.etcd")
 
-#: How long start-up waits for etcd before giving up (exit 1).
-START_TIMEOUT = 20.0
 #: How long an acknowledged write waits for this replica's watch to apply it.
 APPLY_TIMEOUT = 5.0
 #: Pause before the watch is opened again after etcd went away.
@@ -120,7 +118,7 @@ class EtcdStore:
     async def open(self, revision: Callable[[], int]) -> Restored:
         """Announce this replica, read the prefix, load the registry (at etcd's revision: the
         registry's own `revision()` does not matter here), start following."""
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.settings.etcd_start_timeout
         while True:
             try:
                 await self.membership.register()
