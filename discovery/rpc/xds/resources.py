@@ -184,8 +184,36 @@ class ResourceCache:
         return part
 
 
+def _string_field(number: int, value: str) -> bytes:
+    """A length-delimited protobuf field (tag, varint length, UTF-8 bytes)."""
+    data = value.encode()
+    size = len(data)
+    length = bytearray()
+    while size >= 0x80:
+        length.append((size & 0x7F) | 0x80)
+        size >>= 7
+    length.append(size)
+    return bytes((number << 3 | 2,)) + bytes(length) + data
+
+
+@functools.lru_cache(maxsize=64)
+def _type_field(type_url: str) -> bytes:
+    return _string_field(_TYPE_URL_FIELD, type_url)
+
+
+_VERSION_FIELD = discovery_pb2.DiscoveryResponse.VERSION_INFO_FIELD_NUMBER
+_TYPE_URL_FIELD = discovery_pb2.DiscoveryResponse.TYPE_URL_FIELD_NUMBER
+_NONCE_FIELD = discovery_pb2.DiscoveryResponse.NONCE_FIELD_NUMBER
+
+
 def header(version: str, type_url: str, nonce: str) -> bytes:
-    """The non-resource fields of a DiscoveryResponse, to follow its resource parts."""
-    response = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
-    encoded: bytes = response.SerializeToString()
-    return encoded
+    """The non-resource fields of a DiscoveryResponse, to follow its resource parts.
+
+    Encoded by hand (three string fields), not through a message: every stream sends its own
+    header with every response, so this is the only per-stream encoding there is.
+    """
+    return (
+        _string_field(_VERSION_FIELD, version)
+        + _type_field(type_url)
+        + _string_field(_NONCE_FIELD, nonce)
+    )

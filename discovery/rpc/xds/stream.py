@@ -113,7 +113,7 @@ class AdsStream:
             await self._on_request(request)
 
     async def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        if request.HasField("node") and not self.node:
+        if not self.node and request.HasField("node"):
             self.node = request.node.id or "?"
             log.info("xDS stream from %s (node %r)", self.peer, self.node)
         type_url = request.type_url

@@ -50,7 +50,8 @@ class Subscription:
 
     def update(self, request: discovery_pb2.DiscoveryRequest, peer: str) -> Verdict:
         """Take in a request of this type; `owed` tells whether it needs an answer."""
-        if request.response_nonce and request.response_nonce != self.nonce:
+        nonce = request.response_nonce
+        if nonce and nonce != self.nonce:
             # An answer to an older response: a newer one is on its way to the client, and its
             # ACK or NACK will carry the client's names.
             return Verdict.STALE
@@ -66,7 +67,7 @@ class Subscription:
                 request.version_info,
                 request.error_detail.message,
             )
-        elif request.response_nonce:
+        elif nonce:
             self.acked = request.version_info
         names = self._names(request)
         if names != self.names or self.requests == 0:
@@ -76,7 +77,7 @@ class Subscription:
         return verdict
 
     def _names(self, request: discovery_pb2.DiscoveryRequest) -> frozenset[str] | None:
-        names = request.resource_names
+        names = list(request.resource_names)  # one pass over the message's container
         if "*" in names:
             return None
         if (
