@@ -86,28 +86,47 @@ function fields(bytes) {
   return found;
 }
 
-function stringField(number, value) {
-  const bytes = Buffer.from(value);
-  const length = [];
-  let n = bytes.length;
-  while (n >= 0x80) {
-    length.push((n & 0x7f) | 0x80);
-    n >>>= 7;
-  }
-  length.push(n);
-  return Buffer.concat([Buffer.from([(number << 3) | 2, ...length]), bytes]);
-}
-
-// xDS: the state of a DiscoveryResponse, and the ACK to send back.
+// xDS: the state of a DiscoveryResponse, and the ACK to send back: the request without the
+// node (`ack`) plus the response's version_info (field 1) and nonce (field 5), which have the
+// same field numbers in a DiscoveryRequest, so their encodings are copied as they came.
 function xdsMessage(bytes, ack) {
-  let version = Buffer.alloc(0);
-  let nonce = Buffer.alloc(0);
-  for (const [number, , value] of fields(bytes)) {
-    if (number === 1) version = value;
-    else if (number === 5) nonce = value;
+  const kept = [];
+  let size = ack.length;
+  let at = 0;
+  const varint = () => {
+    let value = 0;
+    let shift = 1;
+    for (;;) {
+      const byte = bytes[at++];
+      value += (byte & 0x7f) * shift;
+      if (byte < 0x80) return value;
+      shift *= 128;
+    }
+  };
+  while (at < bytes.length) {
+    const start = at;
+    const key = varint();
+    const wire = key & 7;
+    if (wire === 0) varint();
+    else if (wire === 2) {
+      const length = varint();
+      at += length;
+    }
+    else if (wire === 1) at += 8;
+    else if (wire === 5) at += 4;
+    else lost(`wire type ${wire}`);
+    const number = Math.floor(key / 8);
+    if (number === 1 || number === 5) {
+      kept.push(bytes.subarray(start, at));
+      size += at - start;
+    }
   }
-  const reply = Buffer.concat([ack, stringField(1, version), stringField(5, nonce)]);
-  return [bytes.indexOf(FLIP) >= 0, framed(reply)];
+  const reply = Buffer.allocUnsafe(5 + size);
+  reply[0] = 0;
+  reply.writeUInt32BE(size, 1);
+  let to = 5 + ack.copy(reply, 5);
+  for (const field of kept) to += field.copy(reply, to);
+  return [bytes.indexOf(FLIP) >= 0, reply];
 }
 
 // Watch: the new state after a WatchResponse (healthy-only), given the previous one.
@@ -140,6 +159,14 @@ function main() {
     session.on("error", (error) => lost(`connection: ${error.message}`));
     sessions.push(session);
   }
+  // ACKs go out once the data at hand has been read (as a gRPC client's ACK leaves after the
+  // response was handed over): writing each one first would make the streams read after it
+  // wait for the follower's own writes, which the Watch followers do not have.
+  const acks = [];
+  const sendAcks = () => {
+    for (let i = 0; i < acks.length; i += 2) acks[i].write(acks[i + 1]);
+    acks.length = 0;
+  };
   const count = { true: 0, false: 0 };
   let ready = false;
   const move = (before, after, at) => {
@@ -175,7 +202,8 @@ function main() {
           const [next, reply] = xdsMessage(bytes, ack);
           move(state, next, at);
           state = next;
-          call.write(reply);
+          acks.push(call, reply);
+          if (acks.length === 2) setImmediate(sendAcks);
         } else {
           const next = watchMessage(bytes, state);
           move(state, next, at);

@@ -142,7 +142,10 @@ async def backends() -> AsyncIterator[dict[str, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(ENVOY is None, reason="no envoy binary on PATH (optional test)")
+@pytest.mark.skipif(
+    ENVOY is None,
+    reason="no envoy binary on PATH (optional: Debian, PyPI and npm ship none; see README)",
+)
 async def test_envoy_routes_to_healthy_instances(backends: dict[str, int], tmp_path: Path) -> None:
     assert ENVOY is not None
     async with await ServerProcess.start() as process, httpx.AsyncClient(timeout=5) as http:
