@@ -8,7 +8,7 @@
 //
 // xds: each stream is an ADS call sending the request (a DiscoveryRequest for the assignment of
 // `bench`), and acknowledging every response with --ack (the same request without the node)
-// plus the response's version_info and nonce. watch: each stream is a healthy-only Watch call.
+// plus the response's version_info and nonce, once the data at hand has been read. watch: each stream is a healthy-only Watch call.
 // A stream's state is whether instance `flip` is in its healthy set. Prints `ready` once every
 // stream has its first state, then `done STATE TIME` when the last stream reaches a new common
 // state (STATE 1 or 0; TIME in seconds on CLOCK_MONOTONIC). A stream that ends prints `lost ...`
