@@ -8,8 +8,9 @@ below half of what is left after a reserve for everything else (probes, the stor
 loop's own descriptors), so neither port can starve the other or the process.
 
 glibc keeps freed memory in its arenas; after thousands of connections close, the process's
-RSS stays where the flood left it. `MemoryTrimmer` notices the crowd has gone and hands the
-memory back (`malloc_trim`, glibc only).
+RSS stays where the flood left it. `MemoryTrimmer` notices the crowd has gone (or that the heap
+holds much free memory the process grew by) and hands the memory back (`malloc_trim`, glibc
+only).
 """
 
 from __future__ import annotations
@@ -51,14 +52,62 @@ def connection_cap(descriptors: int, wanted: int, probe_concurrency: int) -> int
     return max(8, min(wanted, spare // 2))
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
-    with contextlib.suppress(OSError, AttributeError):
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
-        return trim
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL(name)
     return None
+
+
+_LIBC = _libc()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    with contextlib.suppress(AttributeError):
+        if _LIBC is not None:
+            trim: Callable[[int], int] = _LIBC.malloc_trim
+            return trim
+    return None
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
+            *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
+        )
+    ]
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    with contextlib.suppress(AttributeError):  # glibc 2.33 and later
+        if _LIBC is not None:
+            info: Callable[[], _MallInfo2] = _LIBC.mallinfo2
+            info.restype = _MallInfo2  # type: ignore[attr-defined]  # ctypes function attribute
+            return info
+    return None
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def heap_free() -> int | None:
+    """Bytes the C heap holds free, in every arena (glibc), or None where it cannot tell."""
+    if _MALLINFO2 is None:
+        return None
+    return int(_MALLINFO2().fordblks)
+
+
+def resident() -> int | None:
+    """The process's resident set in bytes (Linux), or None where it cannot tell."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def open_descriptors() -> int | None:
@@ -77,20 +126,28 @@ class MemoryTrimmer:
     trim, it collects garbage (closed connections leave reference cycles behind, and with the
     large young generation of `discovery.heap` a quiet server would not collect them for a long
     time) and calls glibc's `malloc_trim(0)` from a thread (ctypes releases the GIL), which
-    returns free heap pages to the system. Nothing happens while the count holds or grows, so a
-    steady server pays only for the count.
+    returns free heap pages to the system.
+
+    A flood that opens and closes between two checks never shows in the descriptor count, so
+    each check also reads the resident set and glibc's free heap bytes: when the process grew by
+    `SLACK` or more since the last trim (or the first check) and the heap holds at least `SLACK`
+    free, it trims too (without the collection). Nothing happens while the process holds steady,
+    so a steady server pays only for the counts.
     """
 
     DROP = 256
+    SLACK = 8 << 20
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._trim = _malloc_trim()
         self._task: asyncio.Task[None] | None = None
         self._peak = 0
+        self._settled: int | None = None  # resident bytes after the last trim (or first check)
 
     def start(self) -> None:
         if self.interval > 0 and open_descriptors() is not None:
+            self._settled = resident()  # a flood before the first check counts as growth
             self._task = asyncio.create_task(self._run(), name="memory-trim")
 
     async def stop(self) -> None:
@@ -101,19 +158,29 @@ class MemoryTrimmer:
             self._task = None
 
     async def check(self) -> bool:
-        """Trim if the descriptor count fell enough since its peak; whether it trimmed."""
+        """Trim if the descriptor count fell enough since its peak, or the process grew and its
+        heap holds much free memory; whether it trimmed."""
         count = open_descriptors() or 0
-        if count >= self._peak:
-            self._peak = count
+        dropped = self._peak - count >= self.DROP
+        self._peak = count if dropped else max(self._peak, count)
+        if dropped:
+            gc.collect()
+        elif not self._grown_with_free_heap():
             return False
-        if self._peak - count < self.DROP:
-            return False
-        self._peak = count
-        gc.collect()
         if self._trim is not None:
             await asyncio.to_thread(self._trim, 0)
-        log.debug("Memory trimmed after connections closed (%d descriptors open)", count)
+        self._settled = resident()
+        log.debug("Memory trimmed (%d descriptors open)", count)
         return True
+
+    def _grown_with_free_heap(self) -> bool:
+        size, free = resident(), heap_free()
+        if size is None or free is None:
+            return False
+        if self._settled is None:
+            self._settled = size
+            return False
+        return size - self._settled >= self.SLACK and free >= self.SLACK
 
     async def _run(self) -> None:
         while True:

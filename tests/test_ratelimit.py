@@ -63,9 +63,39 @@ async def test_the_trimmer_acts_only_once_many_descriptors_closed(
 ) -> None:
     counts = iter([30, 3000, 2900, 40, 45, 42])
     monkeypatch.setattr(limits, "open_descriptors", lambda: next(counts))
+    monkeypatch.setattr(limits, "resident", lambda: None)
     trims: list[int] = []
     trimmer = limits.MemoryTrimmer(1.0)
     trimmer._trim = trims.append  # type: ignore[assignment]  # record instead of trimming
     outcomes = [await trimmer.check() for _ in range(6)]
     assert outcomes == [False, False, False, True, False, False]
     assert trims == [0]
+
+
+async def test_the_trimmer_acts_when_the_process_grew_and_its_heap_holds_free_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood that came and went between two checks leaves the descriptor count unchanged:
+    the growth of the resident set with a heap full of free memory is what shows it."""
+    mb = 1 << 20
+    monkeypatch.setattr(limits, "open_descriptors", lambda: 30)
+    sizes = iter([80 * mb, 81 * mb, 130 * mb, 100 * mb, 104 * mb, 140 * mb])
+    frees = iter([1 * mb, 1 * mb, 40 * mb, 40 * mb, 2 * mb])
+    monkeypatch.setattr(limits, "resident", lambda: next(sizes))
+    monkeypatch.setattr(limits, "heap_free", lambda: next(frees))
+    trims: list[int] = []
+    trimmer = limits.MemoryTrimmer(1.0)
+    trimmer._trim = trims.append  # type: ignore[assignment]  # record instead of trimming
+    # 80 MB: where it settles; 81: no growth; 130 with 40 MB free: trim, settles at 100;
+    # 104: not grown enough; 140 but only 2 MB free: the growth is live data, no trim.
+    outcomes = [await trimmer.check() for _ in range(5)]
+    assert outcomes == [False, False, True, False, False]
+    assert trims == [0]
+
+
+def test_the_heap_and_resident_readings_are_real_on_linux() -> None:
+    size, free = limits.resident(), limits.heap_free()
+    assert size is not None
+    assert size > 1 << 20
+    assert free is not None
+    assert free >= 0
