@@ -1,0 +1,69 @@
+"""Fan-out rounds: the pause after a round grows with the round, up to a bound."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from discovery.core.watch import rounds
+from discovery.core.watch.rounds import FanoutRounds
+
+
+class _Loop:
+    """Just what `FanoutRounds` uses of a loop: the time, and the calls it arms."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.later: list[tuple[float, Callable[[], None]]] = []
+        self.soon: list[Callable[[], None]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(self, callback: Callable[[], None]) -> Any:
+        self.soon.append(callback)
+        return _Handle()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        self.later.append((delay, callback))
+        return _Handle()
+
+
+class _Handle:
+    def cancel(self) -> None:
+        pass
+
+
+class _Feed:
+    def __init__(self, watcher: object) -> None:
+        self.scheduled = False
+        self.watcher = watcher
+
+    def release(self, round_id: int) -> list[object]:
+        self.scheduled = False
+        return [self.watcher]
+
+
+def _one_round(fanout: FanoutRounds, loop: _Loop, length: float) -> float:
+    """Run a round that lasts `length` s; the delay armed for the next one."""
+    watcher = object()
+    fanout.schedule(_Feed(watcher), loop)  # type: ignore[arg-type]  # a fake loop
+    start = loop.soon.pop() if loop.soon else loop.later.pop()[1]
+    start()
+    loop.later.clear()  # the round's limit timer
+    loop.now += length
+    fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]  # queued meanwhile
+    fanout.finished(watcher, fanout.round_id)
+    delay, _ = loop.later[-1]
+    return delay
+
+
+def test_the_pause_after_a_round_is_twice_its_length_up_to_the_bound() -> None:
+    loop = _Loop()
+    fanout = FanoutRounds()
+    assert abs(_one_round(fanout, loop, 0.05) - rounds.GAP * 0.05) < 1e-9
+    loop.later.clear()
+    loop.now += 1.0  # the pending round ran later; start afresh
+    fanout = FanoutRounds()
+    assert abs(_one_round(fanout, loop, 0.2) - rounds.MAX_GAP) < 1e-9  # not 2 x 0.2
+    assert 2 * rounds.ROUND_LIMIT + rounds.MAX_GAP < 1.0  # the worst wait of a change
