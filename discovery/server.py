@@ -23,7 +23,7 @@ from discovery.core.facade import DiscoveryCore
 from discovery.core.settings import Settings
 from discovery.core.store.base import Store
 from discovery.etcd.store import EtcdStore
-from discovery.heap import settle_heap
+from discovery.heap import pause_collector, settle_heap
 from discovery.http_guard import ConnectionGuard, guarded_protocol
 from discovery.limits import MemoryTrimmer, connection_cap, raise_descriptor_limit
 from discovery.ratelimit import quiet_foreign_loggers
@@ -237,6 +237,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    pause_collector()
     server = DiscoveryServer(settings)
     try:
         await server.start()

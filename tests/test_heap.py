@@ -7,9 +7,12 @@ import sys
 
 CHECK = """
 import gc
-from discovery.heap import YOUNG_GENERATION_THRESHOLD, settle_heap
+from discovery.heap import YOUNG_GENERATION_THRESHOLD, pause_collector, settle_heap
 before = gc.get_threshold()
+pause_collector()
+assert not gc.isenabled()
 settle_heap()
+assert gc.isenabled()
 after = gc.get_threshold()
 assert after == (YOUNG_GENERATION_THRESHOLD, before[1], before[2]), after
 assert gc.get_freeze_count() > 1000, gc.get_freeze_count()
