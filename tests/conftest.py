@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -22,6 +23,12 @@ AUTH = {"Authorization": f"Bearer {SECRET}"}
 GRPC_AUTH = (("authorization", f"Bearer {SECRET}"),)
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[DiscoveryServer]]
+
+# A test run started in the background (`make test &`, nohup) inherits SIGINT ignored, and every
+# console script it starts would too: `discoveryctl watch` would then never see the Ctrl-C the
+# tests send it. The scripts are tested as started from a terminal, with SIGINT's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: What `read()` on a grpc.aio stream returns at its end (grpc-stubs does not declare it).
 EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
