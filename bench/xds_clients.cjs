@@ -56,7 +56,8 @@ function framer(onMessage) {
   };
 }
 
-// The top-level fields of a protobuf message: [number, wire type, value (Buffer or Number)].
+// The top-level fields of a protobuf message: [number, wire type, value (Buffer or Number),
+// the field's whole encoding (key included)].
 function fields(bytes) {
   const found = [];
   let at = 0;
@@ -71,17 +72,20 @@ function fields(bytes) {
     }
   };
   while (at < bytes.length) {
+    const start = at;
     const key = varint();
     const number = Math.floor(key / 8);
     const wire = key & 7;
-    if (wire === 0) found.push([number, wire, varint()]);
+    let value = null;
+    if (wire === 0) value = varint();
     else if (wire === 2) {
       const length = varint();
-      found.push([number, wire, bytes.subarray(at, at + length)]);
+      value = bytes.subarray(at, at + length);
       at += length;
     } else if (wire === 1) at += 8;
     else if (wire === 5) at += 4;
     else lost(`wire type ${wire}`);
+    found.push([number, wire, value, bytes.subarray(start, at)]);
   }
   return found;
 }
@@ -92,33 +96,10 @@ function fields(bytes) {
 function xdsMessage(bytes, ack) {
   const kept = [];
   let size = ack.length;
-  let at = 0;
-  const varint = () => {
-    let value = 0;
-    let shift = 1;
-    for (;;) {
-      const byte = bytes[at++];
-      value += (byte & 0x7f) * shift;
-      if (byte < 0x80) return value;
-      shift *= 128;
-    }
-  };
-  while (at < bytes.length) {
-    const start = at;
-    const key = varint();
-    const wire = key & 7;
-    if (wire === 0) varint();
-    else if (wire === 2) {
-      const length = varint();
-      at += length;
-    }
-    else if (wire === 1) at += 8;
-    else if (wire === 5) at += 4;
-    else lost(`wire type ${wire}`);
-    const number = Math.floor(key / 8);
+  for (const [number, , , encoded] of fields(bytes)) {
     if (number === 1 || number === 5) {
-      kept.push(bytes.subarray(start, at));
-      size += at - start;
+      kept.push(encoded);
+      size += encoded.length;
     }
   }
   const reply = Buffer.allocUnsafe(5 + size);
