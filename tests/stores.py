@@ -58,11 +58,11 @@ class RecordingStore:
     async def delete(self, service_name: str, instance_id: str) -> None:
         await self._write(lambda: self._drop((service_name, instance_id)))
 
-    def forget(self, service_name: str, instance_id: str) -> None:
+    def forget(self, instance: Instance) -> None:
         assert self._queue is not None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending += 1
-        self._queue.put_nowait((lambda: self._drop((service_name, instance_id)), future))
+        self._queue.put_nowait((lambda: self._drop(instance.key), future))
 
     def _drop(self, key: Key) -> None:
         self.rows.pop(key, None)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from discovery.core.auth import Authenticator
 from discovery.core.clock import Clock, SystemClock
-from discovery.core.errors import LimitExceeded, ShuttingDown
+from discovery.core.errors import LimitExceeded, ShuttingDown, StoreUnavailable
 from discovery.core.health.alerts import AlertBook
 from discovery.core.health.monitor import HealthMonitor
 from discovery.core.health.webhook import WebhookSink
@@ -56,7 +56,7 @@ class DiscoveryCore:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.store: Store = store or store_at(settings.store)
+        self.store: Store = store or store_at(settings.store, settings.store_write_timeout)
         self.metrics = Metrics()
         self.registry = Registry(settings, self.clock, self.metrics)
         self.registry.attach(self.store)
@@ -80,6 +80,8 @@ class DiscoveryCore:
         self.keepalive = KeepAliveSessions(self)
         # A store shared by replicas (etcd) feeds the registry itself: see `SharedStore`.
         self.shared = isinstance(self.store, SharedStore)
+        # A shared store (etcd) bounds its own calls; a local one is bounded here.
+        self._write_timeout = None if self.shared else settings.store_write_timeout
         if isinstance(self.store, SharedStore):
             self.store.bind(self)
 
@@ -89,7 +91,7 @@ class DiscoveryCore:
     async def register(self, registration: Registration, via: str = GRPC) -> Registered:
         """Add or update an instance once the store has it; `LimitExceeded` or
         `StoreUnavailable` leave the registry as it was."""
-        return await _unstoppable(self._register(registration, via))
+        return await _unstoppable(self._register(registration, via), self._write_timeout)
 
     async def _register(self, registration: Registration, via: str) -> Registered:
         key = (registration.service_name, registration.instance_id)
@@ -106,7 +108,7 @@ class DiscoveryCore:
                     instance, created = self.registry.register(registration, record.registered_at)
                 except LimitExceeded:
                     # Cannot happen while the gate counts right; if it does, take it back.
-                    self.store.forget(*key)
+                    self.store.forget(record)
                     raise
         self.metrics.registrations[via] += 1
         if created:
@@ -131,7 +133,9 @@ class DiscoveryCore:
         """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown,
         `StoreUnavailable` leaves it registered."""
         self.registry.require(service_name, instance_id)
-        return await _unstoppable(self._unregister(service_name, instance_id, via))
+        return await _unstoppable(
+            self._unregister(service_name, instance_id, via), self._write_timeout
+        )
 
     async def _unregister(self, service_name: str, instance_id: str, via: str) -> Instance:
         with self._writes.unregistering((service_name, instance_id)):
@@ -283,12 +287,37 @@ class DiscoveryCore:
 T = TypeVar("T")
 
 
-async def _unstoppable(work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` to its end even if the caller is cancelled (a client that hung up): a write
-    the store made durable must be applied, or store and registry would disagree."""
-    task = asyncio.ensure_future(work)
+async def _unstoppable(work: Coroutine[Any, Any, T], within: float | None) -> T:
+    """Run `work` to its end even if the caller is cancelled (a client that hung up) or gives
+    up: a write the store made durable must be applied, or store and registry would disagree.
+
+    The caller waits at most `within` seconds (None: no bound), then gets `StoreUnavailable`:
+    the store has refused a write it had not begun by then; one it had begun may still commit,
+    and is then applied (like a request in flight when its client hung up).
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(work)
     task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
+    waiter = loop.create_future()  # what the caller awaits: the task's end, or the timeout
+
+    def finish(_: object) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def give_up() -> None:
+        if not waiter.done():
+            waiter.set_exception(
+                StoreUnavailable(f"the store did not answer within {within:g}s; try again")
+            )
+
+    task.add_done_callback(finish)
+    timer = None if within is None else loop.call_later(within, give_up)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return task.result()
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -329,7 +329,7 @@ class Registry:
             )
             self._remove(instance)
             self._expirations[TTL] += 1
-            self._store.forget(instance.service_name, instance.instance_id)
+            self._store.forget(instance)
         for instance in spared:
             # A registration in flight is a sign of life; an unregistration removes it anyway.
             self._seen.touch(instance, now)

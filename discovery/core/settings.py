@@ -95,6 +95,8 @@ class Settings:
     #: Where the registry's state is kept: `sqlite:PATH`, `memory`, `etcd://...` (see
     #: `discovery.core.store`).
     store: str = "sqlite:data/registry.db"
+    #: Seconds a register or unregister waits for its store write before it is refused.
+    store_write_timeout: float = 5.0
     etcd_username: str | None = None
     etcd_password: str | None = None
     etcd_ca_file: str | None = None
@@ -319,6 +321,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
     "xds_lb_policy": ("XDS_LB_POLICY", _lb_policy),
     "xds_dns_refresh": ("XDS_DNS_REFRESH_SECONDS", _seconds),
     "store": ("SERVICE_DISCOVERY_STORE", _store),
+    "store_write_timeout": ("SERVICE_DISCOVERY_STORE_WRITE_TIMEOUT_SECONDS", _seconds),
     "etcd_username": ("SERVICE_DISCOVERY_ETCD_USERNAME", _optional_text),
     "etcd_password": ("SERVICE_DISCOVERY_ETCD_PASSWORD", _optional_text),
     "etcd_ca_file": ("SERVICE_DISCOVERY_ETCD_CA_FILE", _readable_file),
@@ -340,6 +343,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 _RULES: dict[str, Callable[[Any], str | None]] = {
     "store": _store_form,
+    "store_write_timeout": _positive,
     "rest_port": _port,
     "grpc_port": _port,
     "health_check_interval": _positive,

@@ -190,7 +190,7 @@ class EtcdStore:
             raise InstanceNotFound(service_name, instance_id)
         await self._applied(int(reply.header.revision))
 
-    def forget(self, service_name: str, instance_id: str) -> None:
+    def forget(self, instance: Instance) -> None:
         """Not used: replicas never expire on their own registry; the owner deletes in etcd."""
 
     def changed(self, instance: Instance) -> None:

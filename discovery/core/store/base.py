@@ -7,7 +7,8 @@ The registry stays the fast in-memory read model; a store keeps what must outliv
   registry is left as it was. Writes are made durable in the order they were asked for, and the
   core applies them in that same order, so store and registry never disagree.
 - An expiry is decided by the registry and cannot be refused: `forget` hands it over, to be
-  written in order with the other writes.
+  written in order with the other writes, and retried until it is durable (a registration of
+  the same instance meanwhile supersedes it).
 - Liveness (heartbeats, load, status, critical load, probe times) changes far more often and is
   only handed over with `touch`, which must be cheap (it is on the heartbeat hot path); the
   store writes the instance's liveness later, in batches, at least every second and at
@@ -69,8 +70,9 @@ class Store(Protocol):
         """Make an unregistration durable (a missing instance is no error); `StoreUnavailable`
         when it cannot."""
 
-    def forget(self, service_name: str, instance_id: str) -> None:
-        """The registry expired an instance: delete it, in order with the other writes."""
+    def forget(self, instance: Instance) -> None:
+        """The registry expired `instance`: delete its row (that registration's, not a later
+        one's), in order with the other writes, retrying until it is durable."""
 
     def touch(self, instance: Instance) -> None:
         """The instance's liveness changed: write it soon (at least within a second)."""

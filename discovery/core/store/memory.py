@@ -22,7 +22,7 @@ class MemoryStore:
     async def delete(self, service_name: str, instance_id: str) -> None:
         pass
 
-    def forget(self, service_name: str, instance_id: str) -> None:
+    def forget(self, instance: Instance) -> None:
         pass
 
     def touch(self, instance: Instance) -> None:

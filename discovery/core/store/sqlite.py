@@ -7,6 +7,15 @@ the noted instances is written in one transaction, as is everything at `close()`
 SIGKILL, liveness is that of a moment at most about one interval (plus a commit) old. A change
 watchers see (`changed`: status, critical load) starts a flush at once.
 
+An expiry is decided by the registry (the instance is gone from reads at once) and must not be
+lost: until its delete committed, the store keeps it and writes it again with every flush, and
+a registration of the same instance meanwhile deletes the expired row in its own transaction. The
+delete names the expired row by its `registered_at`, so it never takes a later registration.
+
+A register or unregister waits at most `write_timeout` seconds: a write the thread has not taken
+by then (a commit ahead of it stalls on the disk) is refused and never written. One already
+being committed is settled by its transaction; the core answers its client meanwhile.
+
 Revisions: the registry's revision is written with every transaction. A restarted registry
 starts past it by `REVISION_MARGIN`, more than the changes of the last unwritten interval can
 use up, so no revision is handed out twice even after a SIGKILL.
@@ -25,6 +34,7 @@ from discovery.core.model import Instance
 from discovery.core.store.base import Restored
 from discovery.core.store.sqlite_file import (
     DELETE,
+    DELETE_EXPIRED,
     LIVENESS,
     UPSERT,
     StoreFile,
@@ -39,15 +49,25 @@ log = logging.getLogger("discovery.store")
 FLUSH_INTERVAL = 0.5
 #: How far past the stored revision a restarted registry starts.
 REVISION_MARGIN = 1_000_000
+#: Seconds a registration or unregistration waits for the writer (the default).
+WRITE_TIMEOUT = 5.0
+
+Key = tuple[str, str]
 
 
 class SqliteStore:
     """The registry's state in the SQLite file at `path` (see the module docstring)."""
 
-    def __init__(self, path: Path, flush_interval: float = FLUSH_INTERVAL) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flush_interval: float = FLUSH_INTERVAL,
+        write_timeout: float = WRITE_TIMEOUT,
+    ) -> None:
         self.path = path
         self.description = f"sqlite {path}"
         self._flush_interval = flush_interval
+        self._write_timeout = write_timeout
         self._file: StoreFile | None = None
         self._writer: Writer | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -55,6 +75,10 @@ class SqliteStore:
         self._failing = False
         self._flush_soon = False
         self._flushes: set[asyncio.Task[None]] = set()
+        # Expiries not durable yet: key -> `registered_at` of the expired row.
+        self._expired: dict[Key, float] = {}
+        self._expiries_failing = False
+        self._expiring: asyncio.Future[None] | None = None  # the retry in flight
 
     async def open(self, revision: Callable[[], int]) -> Restored:
         """Take the file and read it (off the loop); `StoreFailure` when it cannot be used."""
@@ -72,14 +96,21 @@ class SqliteStore:
         return Restored(restored.instances, restored.revision + REVISION_MARGIN)
 
     async def put(self, instance: Instance) -> None:
-        await self._write(Write(UPSERT, registration_row(instance)))
+        write = Write(UPSERT, registration_row(instance))
+        key = instance.key
+        expired = self._expired.get(key)
+        if expired is not None:  # its expiry is not durable yet: it goes first, in one commit
+            write.first = Write(DELETE_EXPIRED, (*key, expired))
+        await self._write(write, bounded=True)
+        if expired is not None and self._expired.get(key) == expired:
+            del self._expired[key]
 
     async def delete(self, service_name: str, instance_id: str) -> None:
-        await self._write(Write(DELETE, (service_name, instance_id)))
+        await self._write(Write(DELETE, (service_name, instance_id)), bounded=True)
 
-    def forget(self, service_name: str, instance_id: str) -> None:
-        future = self._submit(Write(DELETE, (service_name, instance_id)))
-        future.add_done_callback(self._log_expiry_failure)
+    def forget(self, instance: Instance) -> None:
+        self._expired[instance.key] = instance.registered_at
+        self._write_expiries([(instance.key, instance.registered_at)])
 
     def touch(self, instance: Instance) -> None:
         self._dirty.add(instance)
@@ -103,6 +134,14 @@ class SqliteStore:
         if self._writer is not None and not self._writer.closed:
             with contextlib.suppress(StoreUnavailable):
                 await self.flush()
+            if self._expired:
+                await asyncio.wait([self._write_expiries(list(self._expired.items()))])
+            if self._expired:
+                log.error(
+                    "Store: %d expiries could not be written; those instances come back after "
+                    "a restart (with a fresh TTL)",
+                    len(self._expired),
+                )
             await asyncio.to_thread(self._writer.stop)
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
@@ -145,7 +184,34 @@ class SqliteStore:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self._flush_interval)
+            if self._expired and self._expiring is None:  # not written yet: try again
+                self._write_expiries(list(self._expired.items()))
             await self._flush_quietly()
+
+    def _write_expiries(self, expiries: list[tuple[Key, float]]) -> asyncio.Future[None]:
+        rows = [(*key, registered_at) for key, registered_at in expiries]
+        future = self._expiring = self._submit(Write(DELETE_EXPIRED, rows=rows))
+
+        def written(future: asyncio.Future[None]) -> None:
+            if self._expiring is future:
+                self._expiring = None
+            if future.cancelled() or future.exception() is not None:
+                if not self._expiries_failing:
+                    log.warning(
+                        "Store: expiries not written, will retry: %s",
+                        "cancelled" if future.cancelled() else future.exception(),
+                    )
+                self._expiries_failing = True
+                return
+            for key, registered_at in expiries:
+                if self._expired.get(key) == registered_at:
+                    del self._expired[key]
+            if self._expiries_failing:
+                log.info("Store: expiries written again")
+            self._expiries_failing = False
+
+        future.add_done_callback(written)
+        return future
 
     def _submit(self, write: Write) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -156,15 +222,23 @@ class SqliteStore:
             self._writer.submit(write)
         return future
 
-    async def _write(self, write: Write) -> None:
+    async def _write(self, write: Write, bounded: bool = False) -> None:
+        future = self._submit(write)
+        if bounded and not future.done():
+            timeout = self._write_timeout
+            timer = asyncio.get_running_loop().call_later(timeout, self._give_up, write, timeout)
+            future.add_done_callback(lambda _: timer.cancel())
         try:
-            await self._submit(write)
+            await future
         except StoreUnavailable:
             raise
         except Exception as exc:
             raise StoreUnavailable(f"the store could not write it: {exc}") from exc
 
-    @staticmethod
-    def _log_expiry_failure(future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and (exc := future.exception()) is not None:
-            log.error("Store: an expiry was not written (it may come back on restart): %s", exc)
+    def _give_up(self, write: Write, timeout: float) -> None:
+        """`write` timed out: refuse it if the writer has not taken it (it is never written)."""
+        future = write.future
+        if future is None or future.done() or self._writer is None:
+            return
+        if self._writer.abandon(write):
+            future.set_exception(StoreUnavailable(f"the store did not answer within {timeout:g}s"))

@@ -58,6 +58,8 @@ ON CONFLICT (service_name, instance_id) DO UPDATE SET
     metadata = excluded.metadata
 """
 DELETE = "DELETE FROM instances WHERE service_name = ? AND instance_id = ?"
+#: An expiry: the expired row only (by its `registered_at`), never a later registration.
+DELETE_EXPIRED = DELETE + " AND registered_at = ?"
 LIVENESS = """
 UPDATE instances SET status = ?, load_percentage = ?, critical_load = ?, critical_since = ?,
     last_heartbeat = ?, last_health_check = ?, revision = ?

@@ -5,6 +5,9 @@ thread takes everything queued at once and writes it in one transaction, so writ
 while a commit is on its way share the next commit (one disk sync for all of them). Each write's
 future is settled on the event loop, in queue order, once its transaction committed (or failed:
 then every write of that transaction is refused, and none of it is in the file).
+
+A waiter that gives up (the write timed out) can `abandon` a write the thread has not taken yet:
+it is then never written. Once taken, its transaction runs to its end, whatever the waiter does.
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ MAX_BATCH = 2000
 
 @dataclass(slots=True)
 class Write:
-    """One statement: `params` for one row, or `rows` for many (executemany)."""
+    """One statement: `params` for one row, or `rows` for many (executemany); `first`, when
+    given, runs just before it in the same transaction."""
 
     sql: str
     params: Sequence[Any] = ()
     rows: list[tuple[Any, ...]] | None = None
     future: asyncio.Future[None] | None = None
+    first: Write | None = None
+    # Set under the writer's lock: taken by the thread, or given up by its waiter (not both).
+    taken: bool = False
+    abandoned: bool = False
 
 
 _STOP = Write("")
@@ -54,6 +62,7 @@ class Writer:
         self._revision = revision
         self._queue: queue.SimpleQueue[Write] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._lock = threading.Lock()  # between taking a batch and abandoning a write
         self.closed = False
         self.commits = 0  # transactions committed (fewer than writes: they share commits)
 
@@ -64,6 +73,15 @@ class Writer:
         """Queue `write`; its future (if any) is settled on the loop once committed."""
         self._queue.put(write)
 
+    def abandon(self, write: Write) -> bool:
+        """Give up `write` if the thread has not taken it yet (then it is never written and its
+        future never settled); False when its transaction has begun."""
+        with self._lock:
+            if write.taken:
+                return False
+            write.abandoned = True
+            return True
+
     def stop(self) -> None:
         """Write what is queued, then end the thread (blocks: call it off the loop)."""
         self.closed = True
@@ -73,7 +91,7 @@ class Writer:
     def _run(self) -> None:
         while True:
             batch = self._take()
-            stop = batch[-1] is _STOP
+            stop = bool(batch) and batch[-1] is _STOP
             if stop:
                 batch.pop()
             if batch:
@@ -89,6 +107,11 @@ class Writer:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        with self._lock:
+            for write in batch:
+                write.taken = True
+            if any(write.abandoned for write in batch):
+                batch = [write for write in batch if not write.abandoned]
         return batch
 
     def _commit(self, batch: list[Write]) -> Exception | None:
@@ -96,10 +119,9 @@ class Writer:
         try:
             connection.execute("BEGIN IMMEDIATE")
             for write in batch:
-                if write.rows is not None:
-                    connection.executemany(write.sql, write.rows)
-                else:
-                    connection.execute(write.sql, write.params)
+                if write.first is not None:
+                    _execute(connection, write.first)
+                _execute(connection, write)
             connection.execute(REVISION, (self._revision(),))
             connection.execute("COMMIT")
             self.commits += 1
@@ -116,6 +138,13 @@ class Writer:
         # A closed loop (RuntimeError) has nobody waiting any more.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_settle, batch, error)
+
+
+def _execute(connection: sqlite3.Connection, write: Write) -> None:
+    if write.rows is not None:
+        connection.executemany(write.sql, write.rows)
+    else:
+        connection.execute(write.sql, write.params)
 
 
 def _settle(batch: list[Write], error: Exception | None) -> None:
