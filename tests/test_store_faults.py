@@ -21,6 +21,8 @@ import grpc
 import httpx
 import pytest
 
+from discovery.core.errors import StoreUnavailable
+from discovery.core.model import Instance
 from discovery.core.store.sqlite import SqliteStore
 from discovery.server import DiscoveryServer
 from discovery.testing import eventually, run_server
@@ -212,3 +214,28 @@ async def test_a_stalled_write_is_refused_in_time_and_the_registry_follows_the_f
 
 async def _listed_is(rest: httpx.AsyncClient, expected: list[str]) -> bool:
     return await listed(rest) == expected
+
+
+async def test_a_stop_while_the_disk_stalls_ends_in_time(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = SqliteStore(path, write_timeout=0.5)
+    await store.open(lambda: 0)
+    faults = Faults(store)
+    try:
+        await store.put(_instance("kept"))
+        faults.hold(sqlite3.SQLITE_INSERT)
+        stalled = asyncio.ensure_future(store.put(_instance("stalled")))
+        assert await asyncio.to_thread(faults.reached.wait, 30)
+        with pytest.raises(StoreUnavailable):  # queued behind it: given up in time
+            await store.put(_instance("queued"))
+        await asyncio.wait_for(store.close(), timeout=10)  # about 2 x 0.5 s
+    finally:
+        faults.release()
+    await asyncio.wait_for(stalled, timeout=30)  # its commit lands once the disk is back
+    assert ids(path) == ["kept", "stalled"]
+
+
+def _instance(instance_id: str) -> Instance:
+    made = Instance("game", instance_id, "10.0.0.1", 80, None, {}, 1000.0)
+    made.published = made.snapshot()
+    return made

@@ -129,23 +129,33 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        if self._flushes:
-            await asyncio.wait(self._flushes)
-        if self._writer is not None and not self._writer.closed:
-            with contextlib.suppress(StoreUnavailable):
-                await self.flush()
-            if self._expired:
-                await asyncio.wait([self._write_expiries(list(self._expired.items()))])
+        writer = self._writer
+        if writer is not None and not writer.closed:
+            try:
+                # A stalled disk must not keep the process from stopping.
+                async with asyncio.timeout(self._write_timeout):
+                    await self._write_pending()
+            except TimeoutError:
+                log.error("Store: the disk took no write for %gs; stopping", self._write_timeout)
             if self._expired:
                 log.error(
                     "Store: %d expiries could not be written; those instances come back after "
                     "a restart (with a fresh TTL)",
                     len(self._expired),
                 )
-            await asyncio.to_thread(self._writer.stop)
+            if not await asyncio.to_thread(writer.stop, self._write_timeout):
+                self._file = None  # the thread still holds the connection: the exit frees both
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
             self._file = None
+
+    async def _write_pending(self) -> None:
+        if self._flushes:
+            await asyncio.wait(self._flushes)
+        with contextlib.suppress(StoreUnavailable):
+            await self.flush()
+        if self._expired:
+            await asyncio.wait([self._write_expiries(list(self._expired.items()))])
 
     @property
     def commits(self) -> int:

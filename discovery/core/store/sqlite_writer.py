@@ -82,11 +82,13 @@ class Writer:
             write.abandoned = True
             return True
 
-    def stop(self) -> None:
-        """Write what is queued, then end the thread (blocks: call it off the loop)."""
+    def stop(self, within: float | None = None) -> bool:
+        """Write what is queued, then end the thread (blocks: call it off the loop); False when
+        it did not end within `within` seconds (a stalled disk)."""
         self.closed = True
         self._queue.put(_STOP)
-        self._thread.join()
+        self._thread.join(within)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
