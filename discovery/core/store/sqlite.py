@@ -143,7 +143,8 @@ class SqliteStore:
                     "a restart (with a fresh TTL)",
                     len(self._expired),
                 )
-            if not await asyncio.to_thread(writer.stop, self._write_timeout):
+            writer.finish()
+            if not await asyncio.to_thread(writer.join, self._write_timeout):
                 self._file = None  # the thread still holds the connection: the exit frees both
         if self._file is not None:
             await asyncio.to_thread(self._file.close)

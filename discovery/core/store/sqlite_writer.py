@@ -1,8 +1,10 @@
 """The writer thread of the SQLite store: every write goes through it, with group commit.
 
-Writes are queued from the event loop and taken by one thread in the order they came. The
-thread takes everything queued at once and writes it in one transaction, so writes that arrive
-while a commit is on its way share the next commit (one disk sync for all of them). Each write's
+Writes are queued from the event loop and taken by one thread in the order they came. The loop
+hands them over once per turn (the writes of every request it read in that turn together: one
+wake-up of the thread), and the thread takes everything queued at once and writes it in one
+transaction, so writes that arrive while a commit is on its way share the next commit (one disk
+sync for all of them, one hand-back to the loop). Each write's
 future is settled on the event loop, in queue order, once its transaction committed (or failed:
 then every write of that transaction is refused, and none of it is in the file).
 
@@ -18,6 +20,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +29,13 @@ from discovery.core.store.sqlite_file import REVISION
 
 log = logging.getLogger("discovery.store")
 
-#: At most this many writes share one transaction (bounds the time a commit holds them all).
+#: About this many writes at most share one transaction (bounds the time a commit holds them).
 MAX_BATCH = 2000
+#: Under a stream of writes (the last commit ended less than this long before the next write
+#: came) the thread waits this long for more before it begins: a commit is quick on a fast disk,
+#: and each costs the process's one core far more than a write in it. An isolated write (the
+#: usual case) is written at once.
+LINGER = 0.002
 
 
 @dataclass(slots=True)
@@ -60,18 +68,27 @@ class Writer:
         self._connection = connection
         self._loop = loop
         self._revision = revision
-        self._queue: queue.SimpleQueue[Write] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Write]] = queue.SimpleQueue()
+        self._pending: list[Write] = []  # submitted in this turn of the loop
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._lock = threading.Lock()  # between taking a batch and abandoning a write
         self.closed = False
         self.commits = 0  # transactions committed (fewer than writes: they share commits)
+        self._last_commit = 0.0  # when the thread last ended a transaction (monotonic)
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, write: Write) -> None:
         """Queue `write`; its future (if any) is settled on the loop once committed."""
-        self._queue.put(write)
+        self._pending.append(write)
+        if len(self._pending) == 1:
+            self._loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            self._queue.put(self._pending)
+            self._pending = []
 
     def abandon(self, write: Write) -> bool:
         """Give up `write` if the thread has not taken it yet (then it is never written and its
@@ -82,11 +99,15 @@ class Writer:
             write.abandoned = True
             return True
 
-    def stop(self, within: float | None = None) -> bool:
-        """Write what is queued, then end the thread (blocks: call it off the loop); False when
-        it did not end within `within` seconds (a stalled disk)."""
+    def finish(self) -> None:
+        """Take no more writes: the thread ends once it wrote those already submitted."""
         self.closed = True
-        self._queue.put(_STOP)
+        self._hand_over()
+        self._queue.put([_STOP])
+
+    def join(self, within: float | None = None) -> bool:
+        """Wait for the thread to end (blocks: call it off the loop, after `finish`); False
+        when it did not within `within` seconds (a stalled disk)."""
         self._thread.join(within)
         return not self._thread.is_alive()
 
@@ -103,10 +124,12 @@ class Writer:
                 return
 
     def _take(self) -> list[Write]:
-        batch = [self._queue.get()]
+        batch = self._queue.get()
+        if batch[-1] is not _STOP and time.monotonic() - self._last_commit < LINGER:
+            time.sleep(LINGER)
         while batch[-1] is not _STOP and len(batch) < MAX_BATCH:
             try:
-                batch.append(self._queue.get_nowait())
+                batch += self._queue.get_nowait()
             except queue.Empty:
                 break
         with self._lock:
@@ -127,6 +150,7 @@ class Writer:
             connection.execute(REVISION, (self._revision(),))
             connection.execute("COMMIT")
             self.commits += 1
+            self._last_commit = time.monotonic()
         except Exception as exc:  # refuse the batch, but keep the thread (and later writes) alive
             if connection.in_transaction:
                 try:
