@@ -285,15 +285,18 @@ class DiscoveryCore:
 
 
 T = TypeVar("T")
+#: Seconds the core waits past the store's write timeout before it answers for the store.
+_AFTER_THE_STORE = 0.1
 
 
 async def _unstoppable(work: Coroutine[Any, Any, T], within: float | None) -> T:
     """Run `work` to its end even if the caller is cancelled (a client that hung up) or gives
     up: a write the store made durable must be applied, or store and registry would disagree.
 
-    The caller waits at most `within` seconds (None: no bound), then gets `StoreUnavailable`:
-    the store has refused a write it had not begun by then; one it had begun may still commit,
-    and is then applied (like a request in flight when its client hung up).
+    The caller waits at most about `within` seconds (None: no bound), then gets
+    `StoreUnavailable`: the store refuses a write it had not begun by then (so that refusal is
+    final); one it had begun may still commit, and is then applied (like a request in flight
+    when its client hung up).
     """
     loop = asyncio.get_running_loop()
     task = loop.create_task(work)
@@ -311,7 +314,8 @@ async def _unstoppable(work: Coroutine[Any, Any, T], within: float | None) -> T:
             )
 
     task.add_done_callback(finish)
-    timer = None if within is None else loop.call_later(within, give_up)
+    # A moment after the store's own bound, so the store has refused what it can first.
+    timer = None if within is None else loop.call_later(within + _AFTER_THE_STORE, give_up)
     try:
         await waiter
     finally:
