@@ -1,5 +1,5 @@
-"""Malformed protobuf on every gRPC method, against the console script: INVALID_ARGUMENT with a
-short message, never UNKNOWN; the log stays bounded however many arrive."""
+"""Malformed protobuf on every gRPC method (xDS included), against the console script:
+INVALID_ARGUMENT with a short message, never UNKNOWN; the log stays bounded however many arrive."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from envoy.service.discovery.v3 import discovery_pb2 as xds_pb
 
 from discovery.testing import ServerProcess
 from discovery.v1 import discovery_pb2 as pb
@@ -113,3 +114,57 @@ async def test_a_flood_of_malformed_requests_writes_a_bounded_log(server: Server
     # One line per interval (60 s here), whatever the number of bad requests.
     assert written.count("\n") <= 2, written
     assert len(written) < 1000
+
+
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+def _ads(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall[bytes, bytes]:
+    method = channel.stream_stream(ADS, request_serializer=None, response_deserializer=None)
+    return method(None, timeout=10)
+
+
+async def test_ads_streams_end_invalid_argument_on_a_malformed_request(
+    server: ServerProcess,
+) -> None:
+    good = xds_pb.DiscoveryRequest(type_url=ENDPOINTS, resource_names=["nowhere"])
+    good.node.id = "raw-client"
+    # Field 4 (type_url) holding invalid UTF-8.
+    bad_type = b"\x22\x03\xff\xfe\xfd"
+    no_type = xds_pb.DiscoveryRequest(resource_names=["nowhere"]).SerializeToString()
+    cases = {**PAYLOADS, "bad type_url": bad_type, "no type_url": no_type}
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        bystander = _ads(channel)  # a well-behaved stream on the same connection
+        await bystander.write(good.SerializeToString())
+        first = xds_pb.DiscoveryResponse.FromString(await read_message(bystander))
+        for name, payload in cases.items():
+            for opening in (True, False):
+                call = _ads(channel)
+                if not opening:  # after a good request and its answer
+                    await call.write(good.SerializeToString())
+                    await read_message(call)
+                await call.write(payload)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call.read()
+                assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (name, opening)
+                details = caught.value.details() or ""
+                assert details.startswith("malformed request"), details
+                assert len(details) < 300
+        assert "type_url is required" in details  # the last case
+        # The bystander was not disturbed: its ACK is taken and the stream is still up.
+        ack = xds_pb.DiscoveryRequest(
+            version_info=first.version_info,
+            resource_names=["nowhere"],
+            type_url=ENDPOINTS,
+            response_nonce=first.nonce,
+        )
+        await bystander.write(ack.SerializeToString())
+        await bystander.write(bad_type)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await bystander.read()
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    written = server.output
+    assert "Traceback" not in written
+    # Logged once per interval (60 s here), not once per stream.
+    assert written.count("Malformed xDS requests refused") == 1, written

@@ -5,18 +5,23 @@
 world). Each stream follows the services it asks for through the watch hub, so a change reaches
 xDS clients as fast as Watch clients: `resources` turns registry state into Listener, Cluster
 and ClusterLoadAssignment resources (encoded once, shared), `subscription` keeps the per-type
-protocol state (versions, nonces, ACK and NACK), `stream` runs one stream, `dns` resolves
-instances registered by host name. The message types come from the `xds-protos` package.
+protocol state (versions, nonces, ACK and NACK), `requests` decodes the client's requests (a
+malformed one ends its stream INVALID_ARGUMENT) and recognises ACKs undecoded, `stream` runs one
+stream, `dns` resolves instances registered by host name. The message types come from the
+`xds-protos` package.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2
 
 from discovery.core.facade import DiscoveryCore
+from discovery.ratelimit import RateLimitedLog
+from discovery.rpc.decoding import Malformed
 from discovery.rpc.xds.dns import DnsCache
 from discovery.rpc.xds.resources import ResourceCache
 from discovery.rpc.xds.stream import AdsStream, Context, stream_aggregated_resources
@@ -39,11 +44,21 @@ class XdsService:
         self.cache = ResourceCache(core.settings.xds_lb_policy)
         self.dns = DnsCache(core.settings.xds_dns_refresh)
         self.streams: set[AdsStream] = set()
+        self._log = RateLimitedLog(
+            logging.getLogger("discovery.xds"), core.settings.client_error_log_interval
+        )
         core.on_shutdown(self.shutdown)
 
     async def stream(self, requests: Any, context: Context) -> None:
         """StreamAggregatedResources; reads through `context`, not the request iterator."""
-        await stream_aggregated_resources(self.core, self.cache, self.dns, context, self.streams)
+        await stream_aggregated_resources(
+            self.core, self.cache, self.dns, context, self.streams, self.refused
+        )
+
+    def refused(self, error: Malformed) -> None:
+        """Log a request that did not decode, at most once per interval (clients can send
+        any number of them)."""
+        self._log.warning("Malformed xDS requests refused (last: %s)", error)
 
     def shutdown(self) -> None:
         """End every stream (their clients get UNAVAILABLE and reconnect elsewhere)."""
@@ -57,7 +72,7 @@ def add_xds_service(server: grpc.aio.Server, core: DiscoveryCore) -> XdsService:
     service = XdsService(core)
     handler = grpc.stream_stream_rpc_method_handler(
         service.stream,
-        request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+        request_deserializer=None,  # the stream decodes (discovery.rpc.xds.requests)
         response_serializer=_as_bytes,
     )
     handlers = {"StreamAggregatedResources": handler}

@@ -184,7 +184,7 @@ class ResourceCache:
         return part
 
 
-def _string_field(number: int, value: str) -> bytes:
+def string_field(number: int, value: str) -> bytes:
     """A length-delimited protobuf field (tag, varint length, UTF-8 bytes)."""
     data = value.encode()
     size = len(data)
@@ -198,7 +198,13 @@ def _string_field(number: int, value: str) -> bytes:
 
 @functools.lru_cache(maxsize=64)
 def _type_field(type_url: str) -> bytes:
-    return _string_field(_TYPE_URL_FIELD, type_url)
+    return string_field(_TYPE_URL_FIELD, type_url)
+
+
+@functools.lru_cache(maxsize=256)
+def _version_field(version: str) -> bytes:
+    # Every stream that follows a change sends the same version: encoded once for all.
+    return string_field(_VERSION_FIELD, version)
 
 
 _VERSION_FIELD = discovery_pb2.DiscoveryResponse.VERSION_INFO_FIELD_NUMBER
@@ -210,10 +216,7 @@ def header(version: str, type_url: str, nonce: str) -> bytes:
     """The non-resource fields of a DiscoveryResponse, to follow its resource parts.
 
     Encoded by hand (three string fields), not through a message: every stream sends its own
-    header with every response, so this is the only per-stream encoding there is.
+    header with every response, so this is the only per-stream encoding there is (and of it
+    only the nonce is the stream's own).
     """
-    return (
-        _string_field(_VERSION_FIELD, version)
-        + _type_field(type_url)
-        + _string_field(_NONCE_FIELD, nonce)
-    )
+    return _version_field(version) + _type_field(type_url) + string_field(_NONCE_FIELD, nonce)

@@ -1,6 +1,8 @@
 """One ADS stream (StreamAggregatedResources, state of the world).
 
-Two parts: a reader task takes the client's requests (`_on_request`); the handler's own task
+Two parts: a reader task takes the client's requests (`_read`: an expected ACK is recognised by
+its bytes, anything else decoded, and a request that does not decode ends the stream with
+INVALID_ARGUMENT; see `requests`); the handler's own task
 (`_pump`) takes the messages of a watcher on the services the stream asks for into a `Mirror`.
 Both then `flush`, which sends, per type, the resources that changed since the last response
 (under a lock, so responses leave one at a time and in order).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -26,8 +28,10 @@ from discovery.core.errors import DiscoveryError
 from discovery.core.facade import DiscoveryCore
 from discovery.core.watch.events import WatchSelector
 from discovery.core.watch.queue import Watcher
+from discovery.rpc.decoding import Malformed
 from discovery.rpc.xds.dns import DnsCache
 from discovery.rpc.xds.mirror import Mirror
+from discovery.rpc.xds.requests import decode_request
 from discovery.rpc.xds.resources import (
     CLUSTER,
     ENDPOINTS,
@@ -41,6 +45,8 @@ from discovery.rpc.xds.subscription import Subscription, Verdict
 log = logging.getLogger("discovery.xds")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+#: Told of a request that did not decode (it logs, rate-limited).
+Refused = Callable[[Malformed], None]
 _EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 
@@ -48,12 +54,18 @@ class AdsStream:
     """The state of one StreamAggregatedResources call."""
 
     def __init__(
-        self, core: DiscoveryCore, cache: ResourceCache, dns: DnsCache, context: Context
+        self,
+        core: DiscoveryCore,
+        cache: ResourceCache,
+        dns: DnsCache,
+        context: Context,
+        refused: Refused = lambda error: None,
     ) -> None:
         self.core = core
         self.cache = cache
         self.dns = dns
         self.context = context
+        self.refused = refused
         self.peer = context.peer()
         self.node = ""
         self.subscriptions: dict[str, Subscription] = {}
@@ -89,6 +101,9 @@ class AdsStream:
                 raise self.failure
             else:
                 await self.context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+        except Malformed as exc:
+            # Ended here, in the handler's task: the status must not race the pump's writes.
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
             self.dns.unsubscribe(self._on_dns)
             for task in (reader, self._dns_flush):
@@ -109,8 +124,19 @@ class AdsStream:
 
     async def _read(self) -> None:
         context = self.context
-        while (request := await context.read()) is not _EOF:
-            await self._on_request(request)
+        subscriptions = self.subscriptions.values()
+        while (raw := await context.read()) is not _EOF:
+            for subscription in subscriptions:
+                if raw == subscription.expected_ack():
+                    subscription.acknowledged()
+                    break
+            else:
+                try:
+                    request = decode_request(raw)
+                except Malformed as exc:
+                    self.refused(exc)
+                    raise
+                await self._on_request(request)
 
     async def _on_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         if not self.node and request.HasField("node"):
@@ -120,7 +146,7 @@ class AdsStream:
         subscription = self.subscriptions.get(type_url)
         if subscription is None:
             subscription = self.subscriptions[type_url] = Subscription(type_url)
-        verdict = subscription.update(request, f"{self.peer} (node {self.node!r})")
+        verdict = subscription.update(request, self)
         if verdict is Verdict.STALE or not subscription.owed:
             return
         self._rewatch()
@@ -224,14 +250,15 @@ class AdsStream:
             return {name: mirror.assignment(name, self.dns, cache) for name in present}
         return {}  # a type this server has no resources of (RDS: routes are inline)
 
+    def __str__(self) -> str:
+        """How log lines name the stream's client."""
+        return f"{self.peer} (node {self.node!r})"
+
     async def _send(self, subscription: Subscription, resources: dict[str, bytes]) -> None:
         self._nonce += 1
         nonce = str(self._nonce)
         version = subscription.next_version(self.revision)
-        subscription.sent = resources
-        subscription.owed = False
-        subscription.version = version
-        subscription.nonce = nonce
+        subscription.sending(resources, version, nonce)
         parts = [resources[name] for name in sorted(resources)]  # a stable order
         parts.append(header(version, subscription.type_url, nonce))
         await self.context.write(b"".join(parts))
@@ -243,6 +270,7 @@ async def stream_aggregated_resources(
     dns: DnsCache,
     context: Context,
     streams: set[AdsStream],
+    refused: Refused,
 ) -> None:
     """Serve one ADS stream, kept in `streams` while it runs (so shutdown can end it);
     refused with UNAVAILABLE once shutdown has begun."""
@@ -250,7 +278,7 @@ async def stream_aggregated_resources(
         core.check_serving()
     except DiscoveryError:
         await context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
-    stream = AdsStream(core, cache, dns, context)
+    stream = AdsStream(core, cache, dns, context, refused)
     streams.add(stream)
     try:
         await stream.run()

@@ -14,6 +14,7 @@ import logging
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from discovery.rpc.xds.requests import ack_bytes, shape
 from discovery.rpc.xds.resources import CLUSTER, LISTENER
 
 log = logging.getLogger("discovery.xds")
@@ -47,9 +48,32 @@ class Subscription:
         self.acked = ""  # the last version the client accepted
         self.rejected = ""  # the last version the client rejected (never sent again)
         self.requests = 0
+        #: The names and type of the last request decoded, as its ACKs repeat them.
+        self.shape = b""
+        self._ack: bytes | None = None  # the expected ACK of the last response, once asked
 
-    def update(self, request: discovery_pb2.DiscoveryRequest, peer: str) -> Verdict:
-        """Take in a request of this type; `owed` tells whether it needs an answer."""
+    def sending(self, resources: dict[str, bytes], version: str, nonce: str) -> None:
+        """A response with `resources` goes out as `version` with `nonce`."""
+        self.sent = resources
+        self.owed = False
+        self.version = version
+        self.nonce = nonce
+        self._ack = None
+
+    def expected_ack(self) -> bytes | None:
+        """The bytes a client sends to acknowledge the last response (see `requests`)."""
+        if self._ack is None and self.nonce:
+            self._ack = ack_bytes(self.version, self.shape, self.nonce)
+        return self._ack
+
+    def acknowledged(self) -> None:
+        """Take in the expected ACK (`expected_ack`): what `update` does with it, undecoded."""
+        self.acked = self.version
+        self.requests += 1
+
+    def update(self, request: discovery_pb2.DiscoveryRequest, peer: object) -> Verdict:
+        """Take in a request of this type; `owed` tells whether it needs an answer. `peer`
+        names the client in the log (formatted only when a line is logged)."""
         nonce = request.response_nonce
         if nonce and nonce != self.nonce:
             # An answer to an older response: a newer one is on its way to the client, and its
@@ -69,6 +93,8 @@ class Subscription:
             )
         elif nonce:
             self.acked = request.version_info
+        self.shape = shape(request)
+        self._ack = None
         names = self._names(request)
         if names != self.names or self.requests == 0:
             self.names = names
