@@ -16,45 +16,7 @@
 // {"ok": n, "seconds": s, "errors": {"what": count}, "client_share": its own CPU / wall time}.
 
 const fs = require("node:fs");
-const http2 = require("node:http2");
-
-function options(argv) {
-  const found = {};
-  for (let i = 0; i < argv.length; i += 2) found[argv[i].replace(/^--/, "")] = argv[i + 1];
-  return found;
-}
-
-function framed(message) {
-  const frame = Buffer.alloc(5 + message.length);
-  frame.writeUInt32BE(message.length, 1);
-  message.copy(frame, 5);
-  return frame;
-}
-
-// Calls onMessage(bytes) for each length-prefixed gRPC message in a stream's data.
-function framer(onMessage) {
-  let pending = Buffer.alloc(0);
-  return (chunk) => {
-    pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-    while (pending.length >= 5) {
-      const end = 5 + pending.readUInt32BE(1);
-      if (pending.length < end) break;
-      onMessage(pending.subarray(5, end));
-      pending = pending.subarray(end);
-    }
-  };
-}
-
-function varint(bytes, at) {
-  let value = 0;
-  let shift = 0;
-  for (;;) {
-    const byte = bytes[at++];
-    value += (byte & 0x7f) * 2 ** shift;
-    if (byte < 0x80) return [value, at];
-    shift += 7;
-  }
-}
+const { options, framed, framer, varint, connect, headers } = require("./grpc_frames.cjs");
 
 // "" when a KeepAliveResponse is a success (code 0, instance set), else what is wrong.
 function ackProblem(bytes) {
@@ -96,23 +58,16 @@ function main() {
   const frames = requests.map(framed);
   const seconds = parseFloat(args.seconds);
   const inFlight = parseInt(args["in-flight"], 10);
-  const headers = {
-    ":method": "POST",
-    ":path": args.method,
-    "content-type": "application/grpc",
-    te: "trailers",
-  };
-  if (args.authorization) headers.authorization = args.authorization;
+  const extra = args.authorization ? { authorization: args.authorization } : {};
+  const callHeaders = headers(args.method, extra);
   const result = { ok: 0, seconds, errors: {} };
   const fail = (what) => {
     result.errors[what] = (result.errors[what] || 0) + 1;
   };
-  const sessions = [];
-  for (let i = 0; i < parseInt(args.connections, 10); i++) {
-    const session = http2.connect(`http://${args.target}`);
-    session.on("error", (error) => fail(`connection: ${error.message}`));
-    sessions.push(session);
-  }
+  const connections = parseInt(args.connections, 10);
+  const sessions = connect(args.target, connections, {
+    onError: (message) => fail(`connection: ${message}`),
+  });
   let deadline = 0;
   let running = 0;
   let startedAt = 0;
@@ -131,7 +86,7 @@ function main() {
     let n = index;
     const next = () => {
       if (performance.now() >= deadline) return finished();
-      const call = session.request(headers);
+      const call = session.request(callHeaders);
       let status;
       call.on("response", (head) => {
         if (head["grpc-status"] !== undefined) status = head["grpc-status"];
@@ -153,7 +108,7 @@ function main() {
   }
 
   function keepAliveStream(session, mine) {
-    const call = session.request(headers);
+    const call = session.request(callHeaders);
     let unacked = 0;
     let n = 0;
     let closing = false;

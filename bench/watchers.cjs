@@ -16,32 +16,16 @@
 //
 // With --tally FIELD, changes are counted rather than timed one by one: each top-level entry of
 // field FIELD of a message (the repeated events field: 2 in discovery.v1.WatchResponse, 11 in
-// etcd's) is one event; the message is walked field by field, not searched byte by byte. A line `expect N` on stdin asks for `all TIME MESSAGES EVENTS` once every
+// etcd's) is one event; the message is walked field by field, not searched byte by byte. A line
+// `expect N` on stdin asks for `all TIME MESSAGES EVENTS` once every
 // stream has had N events (TIME when the last one had them; MESSAGES and EVENTS summed over the
 // streams, counting only messages that carried a marker).
 
-const http2 = require("node:http2");
+const { options, now, lost, framed, framer, varint, connect, followed } = require(
+  "./grpc_frames.cjs",
+);
 
 const STREAMS_PER_CONNECTION = 250;
-
-function options(argv) {
-  const found = { bidi: false, tally: false };
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--bidi") found.bidi = true;
-    else if (argv[i] === "--tally") found.tally = parseInt(argv[++i], 10);
-    else found[argv[i].replace(/^--/, "")] = argv[++i];
-  }
-  return found;
-}
-
-function now() {
-  return Number(process.hrtime.bigint()) / 1e9;
-}
-
-function lost(reason) {
-  process.stdout.write(`lost ${reason}\n`);
-  process.exit(1);
-}
 
 // The highest change marker in a message, or -1.
 function latest(message) {
@@ -53,32 +37,6 @@ function latest(message) {
     at = message.indexOf("chg-", at + 4);
   }
   return best;
-}
-
-// Calls onMessage(bytes) for each length-prefixed gRPC message in a stream's data.
-function framer(onMessage) {
-  let pending = Buffer.alloc(0);
-  return (chunk) => {
-    pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
-    while (pending.length >= 5) {
-      if (pending[0] !== 0) lost("a compressed message");
-      const end = 5 + pending.readUInt32BE(1);
-      if (pending.length < end) break;
-      onMessage(pending.subarray(5, end));
-      pending = pending.subarray(end);
-    }
-  };
-}
-
-function varint(bytes, at) {
-  let value = 0;
-  let shift = 0;
-  for (;;) {
-    const byte = bytes[at++];
-    value += (byte & 0x7f) * 2 ** shift;
-    if (byte < 0x80) return [value, at];
-    shift += 7;
-  }
 }
 
 // How many top-level entries of length-delimited field `field` a protobuf message holds.
@@ -144,39 +102,16 @@ function tally(streams, field) {
 }
 
 function main() {
-  const args = options(process.argv.slice(2));
+  const args = options(process.argv.slice(2), ["bidi"]);
   const streams = parseInt(args.streams, 10);
-  const message = Buffer.from(args.request, "hex");
-  const frame = Buffer.alloc(5 + message.length);
-  frame.writeUInt32BE(message.length, 1);
-  message.copy(frame, 5);
-  const sessions = [];
-  for (let i = 0; i < Math.ceil(streams / STREAMS_PER_CONNECTION); i++) {
-    // Large flow-control windows (HTTP/2's default is 64 KB per connection): with a few
-    // hundred streams on a connection, the default would let the window updates, not the
-    // server, set the pace of a large fan-out.
-    const session = http2.connect(`http://${args.target}`, {
-      settings: { initialWindowSize: 1 << 20 },
-    });
-    session.on("connect", () => session.setLocalWindowSize(64 << 20));
-    session.on("error", (error) => lost(`connection: ${error.message}`));
-    sessions.push(session);
-  }
+  const frame = framed(Buffer.from(args.request, "hex"));
+  const connections = Math.ceil(streams / STREAMS_PER_CONNECTION);
+  const sessions = connect(args.target, connections, { window: true });
   const counts = new Map();
-  const count = args.tally ? tally(streams, args.tally) : null;
+  const count = args.tally ? tally(streams, parseInt(args.tally, 10)) : null;
   let started = 0;
   for (let k = 0; k < streams; k++) {
-    const call = sessions[k % sessions.length].request({
-      ":method": "POST",
-      ":path": args.method,
-      "content-type": "application/grpc",
-      te: "trailers",
-    });
-    call.on("response", (headers) => {
-      if (headers[":status"] !== 200 || headers["grpc-status"] !== undefined) {
-        lost(`status ${headers[":status"]}, grpc-status ${headers["grpc-status"]}`);
-      }
-    });
+    const call = followed(sessions[k % sessions.length], args.method);
     let first = true;
     let last = -1;
     call.on(
@@ -201,8 +136,6 @@ function main() {
         }
       }),
     );
-    call.on("error", (error) => lost(error.message));
-    call.on("end", () => lost("the stream ended"));
     if (args.bidi) call.write(frame);
     else call.end(frame);
   }
