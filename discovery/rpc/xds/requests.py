@@ -7,8 +7,9 @@ what it had) instead of gRPC's UNKNOWN and a traceback per request.
 
 Most requests are ACKs, one per response per stream, and a client's ACK is predictable: the
 names and type of its last request, the version and nonce of the last response, in field-number
-order (how gRPC's protobuf libraries in every language write a message). `Acks` keeps that
-expected encoding per type and recognises an ACK by its bytes, without decoding it; anything
+order (how gRPC's protobuf libraries in every language write a message). Each subscription
+(`discovery.rpc.xds.subscription`) keeps that expected encoding, built from `shape` and
+`ack_bytes`, and the stream takes a request equal to it as an ACK without decoding it; anything
 else (a node on every request as Envoy sends it, other names, a NACK) is decoded in full.
 """
 

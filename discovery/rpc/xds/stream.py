@@ -2,8 +2,8 @@
 
 Two parts: a reader task takes the client's requests (`_read`: an expected ACK is recognised by
 its bytes, anything else decoded, and a request that does not decode ends the stream with
-INVALID_ARGUMENT; see `requests`); the handler's own task
-(`_pump`) takes the messages of a watcher on the services the stream asks for into a `Mirror`.
+INVALID_ARGUMENT; see `requests`); the handler's own task (`_pump`) takes the messages of a
+watcher on the services the stream asks for into a `Mirror`.
 Both then `flush`, which sends, per type, the resources that changed since the last response
 (under a lock, so responses leave one at a time and in order).
 
