@@ -10,7 +10,7 @@ from envoy.service.discovery.v3 import discovery_pb2 as xds_pb
 
 from discovery.rpc.decoding import Malformed
 from discovery.rpc.xds.requests import decode_request
-from discovery.rpc.xds.resources import CLUSTER, ENDPOINTS, LISTENER
+from discovery.rpc.xds.resources import CLUSTER, ENDPOINTS, LISTENER, string_field
 from discovery.rpc.xds.subscription import Subscription, Verdict
 
 
@@ -94,3 +94,10 @@ def test_nothing_is_expected_before_a_response() -> None:
 def test_malformed_requests(raw: bytes, reason: str) -> None:
     with pytest.raises(Malformed, match=reason):
         decode_request(raw)
+
+
+@pytest.mark.parametrize("size", [1, 2, 127, 128, 300, 20000])
+def test_fields_encoded_by_hand_are_protobufs_own(size: int) -> None:
+    value = ("é" * size)[:size] if size % 2 else "v" * size
+    expected = xds_pb.DiscoveryResponse(version_info=value).SerializeToString()
+    assert string_field(xds_pb.DiscoveryResponse.VERSION_INFO_FIELD_NUMBER, value) == expected

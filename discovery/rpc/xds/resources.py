@@ -188,6 +188,8 @@ def string_field(number: int, value: str) -> bytes:
     """A length-delimited protobuf field (tag, varint length, UTF-8 bytes)."""
     data = value.encode()
     size = len(data)
+    if size < 0x80:  # a one-byte length: every nonce and version
+        return bytes((number << 3 | 2, size)) + data
     length = bytearray()
     while size >= 0x80:
         length.append((size & 0x7F) | 0x80)

@@ -259,7 +259,12 @@ class AdsStream:
         nonce = str(self._nonce)
         version = subscription.next_version(self.revision)
         subscription.sending(resources, version, nonce)
-        parts = [resources[name] for name in sorted(resources)]  # a stable order
+        # A stable order (most responses hold one resource: nothing to sort).
+        parts = (
+            list(resources.values())
+            if len(resources) < 2
+            else [resources[name] for name in sorted(resources)]
+        )
         parts.append(header(version, subscription.type_url, nonce))
         await self.context.write(b"".join(parts))
 
