@@ -1,4 +1,5 @@
-"""Fan-out rounds: the pause after a round grows with the round, up to a bound."""
+"""Fan-out rounds: the pause after a busy round grows with the round, up to a bound; a lone
+change after a quiet round goes out at once."""
 
 from __future__ import annotations
 
@@ -67,3 +68,18 @@ def test_the_pause_after_a_round_is_twice_its_length_up_to_the_bound() -> None:
     fanout = FanoutRounds()
     assert abs(_one_round(fanout, loop, 0.2) - rounds.MAX_GAP) < 1e-9  # not 2 x 0.2
     assert 2 * rounds.ROUND_LIMIT + rounds.MAX_GAP < 1.0  # the worst wait of a change
+
+
+def test_a_change_after_a_round_with_nothing_queued_goes_out_at_once() -> None:
+    loop = _Loop()
+    fanout = FanoutRounds()
+    watcher = object()
+    fanout.schedule(_Feed(watcher), loop)  # type: ignore[arg-type]  # a fake loop
+    loop.soon.pop()()
+    loop.later.clear()  # the round's limit timer
+    loop.now += 0.05
+    fanout.finished(watcher, fanout.round_id)  # nothing came in during the round
+    assert not loop.later and not loop.soon
+    loop.now += 0.001  # a lone change, well within what the gap would have been
+    fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]
+    assert len(loop.soon) == 1 and not loop.later
