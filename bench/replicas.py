@@ -25,7 +25,7 @@ import contextlib
 import statistics
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -68,6 +68,7 @@ FIGURES = {
     ),
 }
 REGISTER = "/discovery.v1.DiscoveryService/Register"
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs does not declare it
 HEARTBEAT = "/discovery.v1.DiscoveryService/Heartbeat"
 
 
@@ -144,15 +145,49 @@ async def rates(processes: list[Process], size: Size) -> tuple[float, float]:
     return results[0], results[1]
 
 
+class Arrivals:
+    """When each awaited name first reached a watch client (stamped by its reading task)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[object, asyncio.Future[float]] = {}
+
+    def expect(self, name: object) -> asyncio.Future[float]:
+        future = self._waiting[name] = asyncio.get_running_loop().create_future()
+        return future
+
+    def seen(self, name: object, now: float) -> None:
+        future = self._waiting.pop(name, None)
+        if future is not None and not future.done():
+            future.set_result(now)
+
+
+async def _timed(
+    samples: int, write: Callable[[int], Awaitable[object]], arrivals: Arrivals
+) -> list[float]:
+    """Seconds from sending write `n` until the watch client has it, for each `n`: the write
+    awaited first (its answer checked), then its arrival."""
+    took = []
+    for n in range(samples):
+        arrived = arrivals.expect(n)
+        sent = time.perf_counter()
+        await write(n)
+        try:
+            took.append(await asyncio.wait_for(arrived, 10) - sent)
+        except TimeoutError:
+            raise BenchError(f"the watcher never saw write {n}") from None
+    return took
+
+
 async def watch_latency(a: Process, b: Process, samples: int) -> list[float]:
     """Seconds from sending a Register to A until a watcher on B has it."""
-    arrived: dict[str, float] = {}
+    arrivals = Arrivals()
+    service = f"lat-{uuid.uuid4().hex[:8]}"
     async with (
         grpc.aio.insecure_channel(grpc_target(a)) as writer,
         grpc.aio.insecure_channel(grpc_target(b)) as reader,
     ):
         call = pb_grpc.DiscoveryServiceStub(reader).Watch(
-            pb.WatchRequest(service_names=["lat"], healthy_only=False)
+            pb.WatchRequest(service_names=[service], healthy_only=False)
         )
         synced = asyncio.Event()
 
@@ -160,60 +195,68 @@ async def watch_latency(a: Process, b: Process, samples: int) -> list[float]:
             async for message in call:
                 now = time.perf_counter()
                 for event in message.events:
-                    arrived.setdefault(event.instance.instance_id, now)
+                    arrivals.seen(int(event.instance.instance_id.rpartition("-")[2]), now)
                 if message.synced:
                     synced.set()
 
         reading = asyncio.create_task(read())
         await asyncio.wait_for(synced.wait(), 10)
         stub = pb_grpc.DiscoveryServiceStub(writer)
-        took = []
-        for n in range(samples):
-            name = f"lat-{n}"
+
+        async def register(n: int) -> None:
             request = pb.RegisterRequest(
-                service_name="lat",
-                instance_id=name,
+                service_name=service,
+                instance_id=f"i-{n}",
                 host="10.0.0.5",
                 port=8000,
                 health_endpoint="",
             )
-            sent = time.perf_counter()
             await stub.Register(request, metadata=GRPC_AUTH, timeout=10)
-            deadline = time.monotonic() + 10
-            while name not in arrived:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"the watcher on B never saw {name}")
-                await asyncio.sleep(0.0005)
-            took.append(arrived[name] - sent)
-        call.cancel()
-        reading.cancel()
-        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-            await reading
-    return took
+
+        try:
+            return await _timed(samples, register, arrivals)
+        finally:
+            call.cancel()
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reading
 
 
 async def etcd_latency(port: int, samples: int) -> list[float]:
-    """Seconds from sending a put to etcd until etcd's own watch has it."""
+    """Seconds from sending a put to etcd until etcd's own watch has it: as `watch_latency`,
+    the put and the watch from two clients (channels), the arrival stamped by a reading task."""
+    arrivals = Arrivals()
     prefix = f"/lat-{uuid.uuid4().hex[:8]}/".encode()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        kv = rpc.KVStub(channel)
-        watch = rpc.WatchStub(channel).Watch()
+    target = f"127.0.0.1:{port}"
+    async with (
+        grpc.aio.insecure_channel(target) as writer,
+        grpc.aio.insecure_channel(target) as reader,
+    ):
+        kv = rpc.KVStub(writer)
+        watch = rpc.WatchStub(reader).Watch()
         end = prefix[:-1] + bytes([prefix[-1] + 1])
         create = rpc.WatchCreateRequest(key=prefix, range_end=end)
         await watch.write(rpc.WatchRequest(create_request=create))
         await watch.read()  # created
-        took = []
-        for n in range(samples):
+
+        async def read() -> None:
+            while (reply := await watch.read()) is not _EOF:
+                now = time.perf_counter()
+                for event in reply.events:
+                    arrivals.seen(int(event.kv.key[len(prefix) :]), now)
+
+        async def put(n: int) -> None:
             key = prefix + str(n).encode()
-            sent = time.perf_counter()
             await kv.Put(rpc.PutRequest(key=key, value=b"x" * 200), timeout=10)
-            while True:
-                reply = await asyncio.wait_for(watch.read(), 10)
-                if any(e.kv.key == key for e in reply.events):
-                    break
-            took.append(time.perf_counter() - sent)
-        watch.cancel()
-    return took
+
+        reading = asyncio.create_task(read())
+        try:
+            return await _timed(samples, put, arrivals)
+        finally:
+            watch.cancel()
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reading
 
 
 async def failover(a: Process, b: Process) -> float:
