@@ -43,10 +43,17 @@ _DECIDED = ("status", "load_percentage", "last_health_check")
 class SharedRecords(Protocol):
     """What the writer needs of the store (`discovery.etcd.store.EtcdStore` is one)."""
 
-    records: dict[Key, Record]
-    applied: dict[Key, Record]
-    connected: bool
-    ready_at: float
+    @property
+    def records(self) -> dict[Key, Record]: ...
+
+    @property
+    def applied(self) -> dict[Key, Record]: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def ready_at(self) -> float: ...
 
     @property
     def replica_id(self) -> str: ...
