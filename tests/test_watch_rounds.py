@@ -79,7 +79,9 @@ def test_a_change_after_a_round_with_nothing_queued_goes_out_at_once() -> None:
     loop.later.clear()  # the round's limit timer
     loop.now += 0.05
     fanout.finished(watcher, fanout.round_id)  # nothing came in during the round
-    assert not loop.later and not loop.soon
+    assert not loop.later
+    assert not loop.soon
     loop.now += 0.001  # a lone change, well within what the gap would have been
     fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]
-    assert len(loop.soon) == 1 and not loop.later
+    assert len(loop.soon) == 1
+    assert not loop.later
