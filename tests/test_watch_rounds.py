@@ -1,5 +1,5 @@
-"""Fan-out rounds: the pause after a busy round grows with the round, up to a bound; a lone
-change after a quiet round goes out at once."""
+"""Fan-out rounds: the pause after a round grows with the loop's work during the round, up to a
+bound."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class _Loop:
 
     def __init__(self) -> None:
         self.now = 100.0
+        self.cpu = 5.0  # the CPU time of the loop's thread
         self.later: list[tuple[float, Callable[[], None]]] = []
         self.soon: list[Callable[[], None]] = []
 
@@ -45,14 +46,18 @@ class _Feed:
         return [self.watcher]
 
 
-def _one_round(fanout: FanoutRounds, loop: _Loop, length: float) -> float:
-    """Run a round that lasts `length` s; the delay armed for the next one."""
+def _one_round(
+    fanout: FanoutRounds, loop: _Loop, length: float, busy: float | None = None
+) -> float:
+    """Run a round that lasts `length` s, `busy` of them working (all by default); the delay
+    armed for the next one."""
     watcher = object()
     fanout.schedule(_Feed(watcher), loop)  # type: ignore[arg-type]  # a fake loop
     start = loop.soon.pop() if loop.soon else loop.later.pop()[1]
     start()
     loop.later.clear()  # the round's limit timer
     loop.now += length
+    loop.cpu += length if busy is None else busy
     fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]  # queued meanwhile
     fanout.finished(watcher, fanout.round_id)
     delay, _ = loop.later[-1]
@@ -61,27 +66,34 @@ def _one_round(fanout: FanoutRounds, loop: _Loop, length: float) -> float:
 
 def test_the_pause_after_a_round_is_twice_its_length_up_to_the_bound() -> None:
     loop = _Loop()
-    fanout = FanoutRounds()
+    fanout = FanoutRounds(lambda: loop.cpu)
     assert abs(_one_round(fanout, loop, 0.05) - rounds.GAP * 0.05) < 1e-9
     loop.later.clear()
     loop.now += 1.0  # the pending round ran later; start afresh
-    fanout = FanoutRounds()
+    fanout = FanoutRounds(lambda: loop.cpu)
     assert abs(_one_round(fanout, loop, 0.2) - rounds.MAX_GAP) < 1e-9  # not 2 x 0.2
     assert 2 * rounds.ROUND_LIMIT + rounds.MAX_GAP < 1.0  # the worst wait of a change
 
 
-def test_a_change_after_a_round_with_nothing_queued_goes_out_at_once() -> None:
+def test_a_round_spent_waiting_for_its_writes_pauses_only_for_the_work_it_took() -> None:
     loop = _Loop()
-    fanout = FanoutRounds()
+    fanout = FanoutRounds(lambda: loop.cpu)
+    # One stream: 2 ms until its write completed, 0.2 ms of it the loop's own work.
+    delay = _one_round(fanout, loop, 0.002, busy=0.0002)
+    assert abs(delay - rounds.GAP * 0.0002) < 1e-9  # not GAP x 2 ms
+
+
+def test_a_lone_change_after_a_quiet_round_goes_out_at_once() -> None:
+    loop = _Loop()
+    fanout = FanoutRounds(lambda: loop.cpu)
     watcher = object()
     fanout.schedule(_Feed(watcher), loop)  # type: ignore[arg-type]  # a fake loop
     loop.soon.pop()()
     loop.later.clear()  # the round's limit timer
-    loop.now += 0.05
+    loop.now += 0.002
+    loop.cpu += 0.0002
     fanout.finished(watcher, fanout.round_id)  # nothing came in during the round
-    assert not loop.later
-    assert not loop.soon
-    loop.now += 0.001  # a lone change, well within what the gap would have been
+    loop.now += 0.001  # the next change, past the 0.4 ms gap (a full one would be 4 ms)
     fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]
     assert len(loop.soon) == 1
     assert not loop.later

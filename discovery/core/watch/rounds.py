@@ -14,19 +14,23 @@ watchers are busy; the more changes come in meanwhile, the more each message hol
 gap as long as the round, writes with 200 watchers ran at 0.47x their rate with none; the
 cost of a round is mostly gRPC's, one write per stream, so fewer rounds is what buys it.)
 
-The gap only follows a round during which more changes came in. After a round that ends with
-nothing queued, changes come slower than rounds go out, and a pause would only delay the next
-lone change (a quiet round's length is mostly the wait for its writes to complete, not work of
-the loop: about 2 ms for one stream here, which the gap made 4 ms more). So a change
-on a quiet server starts a round at once (on the next loop step, so every watcher of the change
-is released together): it reaches watchers with no added delay. Under load a change waits at
-most about two rounds and a gap: at most `2 * ROUND_LIMIT + MAX_GAP`, under a second.
+The gap counts only the part of the round the loop worked: `GAP` times the CPU time the
+loop's thread spent during the round (at most `GAP` times its length). Under load the loop
+works all round and the gap is about twice the round, as above. A round on a quiet server is
+mostly the wait for its writes to complete (about 1.5 ms for one stream here, of which the loop
+works 0.2 ms): a gap of twice its length would hold back a change following within a few
+milliseconds, for nothing (the same-run figures are in the README's Performance section).
+
+A change on a quiet server starts a round at once (on the next loop step, so every watcher of
+the change is released together): it reaches watchers with no added delay. Under load a change
+waits at most about two rounds and a gap: at most `2 * ROUND_LIMIT + MAX_GAP`, under a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 #: A round that lasted this long ends even if some streams have not come back (a slow reader
@@ -50,7 +54,10 @@ class Releasable(Protocol):
 class FanoutRounds:
     """Paces the release of queued live events to a hub's watchers (see the module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_clock: Callable[[], float] = time.thread_time) -> None:
+        """`cpu_clock`: the CPU time of the loop's thread (the loop calls every method)."""
+        self._cpu_clock = cpu_clock
+        self._cpu_started = 0.0
         self._pending: dict[Releasable, None] = {}  # feeds, insertion-ordered
         self._running: set[object] = set()  # watchers released and not back yet
         self._round = 0
@@ -105,6 +112,7 @@ class FanoutRounds:
             return
         self._round += 1
         self._started = loop.time()
+        self._cpu_started = self._cpu_clock()
         running: set[object] = set()
         for feed in released:
             running.update(feed.release(self._round))
@@ -120,9 +128,8 @@ class FanoutRounds:
             self._limit.cancel()
             self._limit = None
         self._running = set()
-        if not self._pending:
-            return  # nothing came in meanwhile: the next change goes out at once
         now = loop.time()
-        self._next_at = now + min(GAP * (now - self._started), MAX_GAP)
-        if self._flush is None:
+        worked = min(now - self._started, self._cpu_clock() - self._cpu_started)
+        self._next_at = now + min(GAP * worked, MAX_GAP)
+        if self._pending and self._flush is None:
             self._arm(loop)
