@@ -104,7 +104,9 @@ def requests(kind: str, count: int) -> list[bytes]:
 @contextlib.contextmanager
 def server(kind: str) -> Iterator[Process]:
     if kind == "discovery":
-        with discovery_server() as process:
+        # One service takes every registration of a window: past the default 10,000 per
+        # service a fast window would be refused (RESOURCE_EXHAUSTED).
+        with discovery_server(MAX_INSTANCES_PER_SERVICE=str(FULL.changes)) as process:
             yield process
     else:
         with etcd_baseline.etcd() as (process, port):

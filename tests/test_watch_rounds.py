@@ -97,3 +97,35 @@ def test_a_lone_change_after_a_quiet_round_goes_out_at_once() -> None:
     fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]
     assert len(loop.soon) == 1
     assert not loop.later
+
+
+def _after_a_round_then(loop: _Loop, fanout: FanoutRounds, quiet: float, working: float) -> None:
+    """A 40 ms round all work with nothing queued meanwhile, then `quiet` s in which the loop
+    worked `working` s, then a change."""
+    watcher = object()
+    fanout.schedule(_Feed(watcher), loop)  # type: ignore[arg-type]  # a fake loop
+    loop.soon.pop()()
+    loop.later.clear()  # the round's limit timer
+    loop.now += 0.04
+    loop.cpu += 0.04
+    fanout.finished(watcher, fanout.round_id)  # the gap now runs to 80 ms after the round
+    loop.now += quiet
+    loop.cpu += working
+    fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]
+
+
+def test_a_change_after_an_idle_spell_does_not_wait_out_the_gap() -> None:
+    loop = _Loop()
+    fanout = FanoutRounds(lambda: loop.cpu)
+    _after_a_round_then(loop, fanout, quiet=0.05, working=0.005)
+    assert len(loop.soon) == 1
+    assert not loop.later
+
+
+def test_a_change_while_the_loop_is_busy_waits_out_the_gap() -> None:
+    loop = _Loop()
+    fanout = FanoutRounds(lambda: loop.cpu)
+    _after_a_round_then(loop, fanout, quiet=0.05, working=0.045)
+    assert not loop.soon
+    delay, _ = loop.later[-1]
+    assert abs(delay - (rounds.GAP * 0.04 - 0.05)) < 1e-9

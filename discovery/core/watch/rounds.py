@@ -21,6 +21,12 @@ mostly the wait for its writes to complete (about 1.5 ms for one stream here, of
 works 0.2 ms): a gap of twice its length would hold back a change following within a few
 milliseconds, for nothing (the same-run figures are in the README's Performance section).
 
+The gap paces a busy loop only: a change that comes after the loop sat mostly idle since the
+last round ended (less than `IDLE_SHARE` of that time working) starts its round at once. One
+change at a time to 1,000 watchers, 50 ms apart, waited out most of an 80 ms gap each (p50 58 ms
+against 24 ms for a bare grpc.aio fan-out); under a stream of writes the loop is busy between
+rounds and the gap holds as before.
+
 A change on a quiet server starts a round at once (on the next loop step, so every watcher of
 the change is released together): it reaches watchers with no added delay. Under load a change
 waits at most about two rounds and a gap: at most `2 * ROUND_LIMIT + MAX_GAP`, under a second.
@@ -40,6 +46,9 @@ ROUND_LIMIT = 0.25
 GAP = 2.0
 #: ... and at most this many seconds, which bounds how long a change can wait.
 MAX_GAP = 0.3
+#: A change that finds the loop idle for more than this share of the time since the last round
+#: ended starts its round at once, gap or not: there is no API work for the gap to protect.
+IDLE_SHARE = 0.5
 
 
 class Releasable(Protocol):
@@ -63,6 +72,8 @@ class FanoutRounds:
         self._round = 0
         self._started = 0.0
         self._next_at = 0.0
+        self._ended = 0.0  # when the last round ended (loop time) ...
+        self._cpu_ended = 0.0  # ... and the loop thread's CPU time then
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush: asyncio.Handle | None = None
         self._limit: asyncio.TimerHandle | None = None
@@ -97,7 +108,10 @@ class FanoutRounds:
     # -- internals --------------------------------------------------------------------------
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        delay = self._next_at - loop.time()
+        now = loop.time()
+        delay = self._next_at - now
+        if delay > 0 and self._cpu_clock() - self._cpu_ended < IDLE_SHARE * (now - self._ended):
+            delay = 0.0  # a lone change after a quiet spell: nothing to pace
         if delay > 0:
             self._flush = loop.call_later(delay, self._start_round)
         else:
@@ -129,7 +143,9 @@ class FanoutRounds:
             self._limit = None
         self._running = set()
         now = loop.time()
-        worked = min(now - self._started, self._cpu_clock() - self._cpu_started)
+        cpu = self._cpu_clock()
+        worked = min(now - self._started, cpu - self._cpu_started)
         self._next_at = now + min(GAP * worked, MAX_GAP)
+        self._ended, self._cpu_ended = now, cpu
         if self._pending and self._flush is None:
             self._arm(loop)
