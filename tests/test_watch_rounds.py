@@ -83,35 +83,37 @@ def test_a_round_spent_waiting_for_its_writes_pauses_only_for_the_work_it_took()
     assert abs(delay - rounds.GAP * 0.0002) < 1e-9  # not GAP x 2 ms
 
 
-def test_a_lone_change_after_a_quiet_round_goes_out_at_once() -> None:
-    loop = _Loop()
-    fanout = FanoutRounds(lambda: loop.cpu)
+def _after_a_round_then(
+    loop: _Loop,
+    fanout: FanoutRounds,
+    quiet: float,
+    working: float,
+    length: float = 0.04,
+    busy: float = 0.04,
+) -> None:
+    """A round of `length` s (`busy` of them working) with nothing queued meanwhile, then
+    `quiet` s in which the loop worked `working` s, then a change."""
     watcher = object()
     fanout.schedule(_Feed(watcher), loop)  # type: ignore[arg-type]  # a fake loop
     loop.soon.pop()()
     loop.later.clear()  # the round's limit timer
-    loop.now += 0.002
-    loop.cpu += 0.0002
-    fanout.finished(watcher, fanout.round_id)  # nothing came in during the round
-    loop.now += 0.001  # the next change, past the 0.4 ms gap (a full one would be 4 ms)
-    fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]
-    assert len(loop.soon) == 1
-    assert not loop.later
-
-
-def _after_a_round_then(loop: _Loop, fanout: FanoutRounds, quiet: float, working: float) -> None:
-    """A 40 ms round all work with nothing queued meanwhile, then `quiet` s in which the loop
-    worked `working` s, then a change."""
-    watcher = object()
-    fanout.schedule(_Feed(watcher), loop)  # type: ignore[arg-type]  # a fake loop
-    loop.soon.pop()()
-    loop.later.clear()  # the round's limit timer
-    loop.now += 0.04
-    loop.cpu += 0.04
-    fanout.finished(watcher, fanout.round_id)  # the gap now runs to 80 ms after the round
+    loop.now += length
+    loop.cpu += busy
+    fanout.finished(watcher, fanout.round_id)  # the gap runs to GAP x busy after the round
     loop.now += quiet
     loop.cpu += working
     fanout.schedule(_Feed(object()), loop)  # type: ignore[arg-type]
+
+
+def test_a_lone_change_after_a_quiet_round_goes_out_at_once() -> None:
+    loop = _Loop()
+    fanout = FanoutRounds(lambda: loop.cpu)
+    # One stream: 2 ms until its write completed, 0.2 ms of it the loop's work; the next change
+    # comes 1 ms later, past the 0.4 ms gap (a gap of twice the round would be 4 ms), with the
+    # loop busy all that millisecond (so it is the gap, not the idle spell, that lets it go).
+    _after_a_round_then(loop, fanout, quiet=0.001, working=0.001, length=0.002, busy=0.0002)
+    assert len(loop.soon) == 1
+    assert not loop.later
 
 
 def test_a_change_after_an_idle_spell_does_not_wait_out_the_gap() -> None:
