@@ -6,8 +6,10 @@ under a fresh prefix. On this 2-core machine replica i runs on core i % 2 (the l
 shares core 1), so the 2- and 3-replica rows say how much a second core buys, not more.
 
 - Throughput: gRPC `Register` (re-registering the same instances: each one is an etcd
-  transaction) and `Heartbeat` (absorbed in memory, written through once per flush interval),
-  16 calls in flight on each of 4 channels per replica, every status checked.
+  transaction), `Heartbeat` (absorbed in memory, written through once per flush interval) and
+  `GetService` with `healthy_only` (a read of one of 10 services of 100 instances, served from
+  the replica's own read model), 16 calls in flight on each of 4 channels per replica, every
+  status checked.
 - Watch latency: a watcher on replica B, a `Register` of a new instance sent to replica A; the
   time from sending it until B's watcher has it, p99 of 100 (one write at a time, its answer
   awaited, then its arrival). Baseline: etcd's own, measured the same way in the same run: a
@@ -61,6 +63,9 @@ FIGURES = {
         Target("ratio_min", 1.0),
     ),
     "replicas_heartbeat_3": ("gRPC Heartbeat/s through 3 replicas vs 1", Target("none", 0)),
+    "replicas_read_1": ("gRPC GetService/s through 1 replica on etcd", Target("none", 0)),
+    "replicas_read_2": ("gRPC GetService/s through 2 replicas vs 1", Target("ratio_min", 1.0)),
+    "replicas_read_3": ("gRPC GetService/s through 3 replicas vs 1", Target("none", 0)),
     "replicas_watch_p99": (
         "write on replica A to a watcher on replica B (p99 of 100) vs etcd's own watch",
         Target("ratio_max", 1.5),
@@ -73,6 +78,9 @@ FIGURES = {
 REGISTER = "/discovery.v1.DiscoveryService/Register"
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs does not declare it
 HEARTBEAT = "/discovery.v1.DiscoveryService/Heartbeat"
+GET_SERVICE = "/discovery.v1.DiscoveryService/GetService"
+#: The services the instances are spread over (reads ask for one of them).
+SERVICES = 10
 
 
 @dataclass(frozen=True)
@@ -105,10 +113,11 @@ def grpc_target(process: Process) -> str:
     return f"127.0.0.1:{process.ports['gRPC']}"
 
 
-def bodies(size: Size) -> tuple[list[bytes], list[bytes]]:
+def bodies(size: Size) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Register and Heartbeat requests for each instance, and a GetService per service."""
     registers, beats = [], []
     for n in range(size.instances):
-        name, instance = f"svc-{n % 10}", f"i-{n}"
+        name, instance = f"svc-{n % SERVICES}", f"i-{n}"
         registers.append(
             pb.RegisterRequest(
                 service_name=name,
@@ -121,31 +130,41 @@ def bodies(size: Size) -> tuple[list[bytes], list[bytes]]:
         beats.append(
             pb.HeartbeatRequest(service_name=name, instance_id=instance).SerializeToString()
         )
-    return registers, beats
+    reads = [
+        pb.GetServiceRequest(service_name=f"svc-{n}", healthy_only=True).SerializeToString()
+        for n in range(SERVICES)
+    ]
+    return registers, beats, reads
 
 
-async def rates(processes: list[Process], size: Size) -> tuple[float, float]:
-    """Registrations/s and heartbeats/s through every replica at once."""
-    registers, beats = bodies(size)
+async def rates(processes: list[Process], size: Size) -> list[float]:
+    """Registrations/s, heartbeats/s and reads/s through every replica at once."""
+    registers, beats, reads = bodies(size)
     async with contextlib.AsyncExitStack() as stack:
         groups = [await stack.enter_async_context(Channels(grpc_target(p), 4)) for p in processes]
         (await groups[0].each(REGISTER, registers, 64, GRPC_AUTH)).checked("registrations")
         # Every replica must have them before heartbeats go to it.
         await asyncio.sleep(0.5)
         results = []
-        for method, requests in ((REGISTER, registers), (HEARTBEAT, beats)):
+        share = len(groups)
+        loads = (
             # Each replica gets its own share of the instances, as behind a balancer that keeps
             # a client on one replica (the same instance written through three replicas at
             # once would only measure compare-and-retry).
-            share = len(groups)
+            (REGISTER, [registers[i::share] for i in range(share)]),
+            (HEARTBEAT, [beats[i::share] for i in range(share)]),
+            # Any replica answers any read.
+            (GET_SERVICE, [reads] * share),
+        )
+        for method, shares in loads:
             runs = await asyncio.gather(
                 *(
-                    g.unary(method, requests[i::share], 16, size.seconds, GRPC_AUTH)
-                    for i, g in enumerate(groups)
+                    g.unary(method, mine, 16, size.seconds, GRPC_AUTH)
+                    for g, mine in zip(groups, shares, strict=True)
                 )
             )
             results.append(sum(r.checked(method) for r in runs))
-    return results[0], results[1]
+    return results
 
 
 class Arrivals:
@@ -313,8 +332,8 @@ async def _until(check: object, within: float = 15.0) -> None:
 
 def measure(smoke: bool) -> list[Row]:
     size = SMOKE if smoke else FULL
-    registered: dict[int, list[float]] = {1: [], 2: [], 3: []}
-    beats: dict[int, list[float]] = {1: [], 2: [], 3: []}
+    kinds = ("register", "heartbeat", "read")
+    figures: dict[str, dict[int, list[float]]] = {k: {1: [], 2: [], 3: []} for k in kinds}
     ours: list[float] = []
     theirs: list[float] = []
     medians: list[float] = []  # p50s: etcd's, ours, etcd's, ours, ...
@@ -323,9 +342,9 @@ def measure(smoke: bool) -> list[Row]:
         for _ in range(size.repeat):
             for count in (1, 2, 3):
                 with replicas(port, count) as processes:
-                    reg, beat = asyncio.run(rates(processes, size))
-                registered[count].append(reg)
-                beats[count].append(beat)
+                    measured = asyncio.run(rates(processes, size))
+                for kind, rate in zip(kinds, measured, strict=True):
+                    figures[kind][count].append(rate)
             etcd_took = asyncio.run(etcd_latency(port, size.samples))
             with replicas(port, 2) as (a, b):
                 our_took = asyncio.run(watch_latency(a, b, size.samples))
@@ -335,13 +354,14 @@ def measure(smoke: bool) -> list[Row]:
             with replicas(port, 2) as (a, b):
                 failovers.append(asyncio.run(failover(a, b)) * 1000)
     rows = []
-    for kind, figures in (("register", registered), ("heartbeat", beats)):
+    for kind in kinds:
         for count in (1, 2, 3):
             key = f"replicas_{kind}_{count}"
             title, target = FIGURES[key]
-            row = Row(key, title, target, Sample(figures[count], "req/s"))
+            row = Row(key, title, target, Sample(figures[kind][count], "req/s"))
             if count > 1:
-                row.baseline, row.baseline_name = Sample(figures[1], "req/s"), "1 replica"
+                one = Sample(figures[kind][1], "req/s")
+                row.baseline, row.baseline_name = one, "1 replica"
             row.notes.append(
                 f"replica i on core i % 2, load generator (Python grpc.aio, core {CLIENT_CPU}) "
                 f"shares core 1; {size.instances} heartbeat-only instances"

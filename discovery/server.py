@@ -189,6 +189,11 @@ def grpc_options(settings: Settings, cap: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", _ms(settings.grpc_keepalive_timeout)),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.max_ping_strikes", 2),
+        # What clients send is small (registrations, heartbeats, watch requests): growing the
+        # receive window by bandwidth-delay probing buys nothing, and its pings cost every
+        # fresh connection frames and wake-ups. What the server sends (snapshots) is paced by
+        # the client's window, which the client's own probing still grows.
+        ("grpc.http2.bdp_probe", 0),
     ]
     if settings.grpc_max_connection_idle > 0:
         options.append(("grpc.max_connection_idle_ms", _ms(settings.grpc_max_connection_idle)))

@@ -29,6 +29,7 @@ from discovery.core.settings import Settings
 from discovery.core.shared import SharedStore
 from discovery.core.store.base import Store
 from discovery.core.store.location import store_at
+from discovery.core.store.memory import MemoryStore
 from discovery.core.watch.events import WatchSelector
 from discovery.core.watch.hub import WatchHub
 from discovery.core.watch.queue import Watcher
@@ -82,6 +83,8 @@ class DiscoveryCore:
         self.shared = isinstance(self.store, SharedStore)
         # A shared store (etcd) bounds its own calls; a local one is bounded here.
         self._write_timeout = None if self.shared else settings.store_write_timeout
+        # The memory store's writes never wait, so nothing can interrupt one: no guard needed.
+        self._instant = isinstance(self.store, MemoryStore)
         if isinstance(self.store, SharedStore):
             self.store.bind(self)
 
@@ -91,6 +94,8 @@ class DiscoveryCore:
     async def register(self, registration: Registration, via: str = GRPC) -> Registered:
         """Add or update an instance once the store has it; `LimitExceeded` or
         `StoreUnavailable` leave the registry as it was."""
+        if self._instant:
+            return await self._register(registration, via)
         return await _unstoppable(self._register(registration, via), self._write_timeout)
 
     async def _register(self, registration: Registration, via: str) -> Registered:
@@ -133,6 +138,8 @@ class DiscoveryCore:
         """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown,
         `StoreUnavailable` leaves it registered."""
         self.registry.require(service_name, instance_id)
+        if self._instant:
+            return await self._unregister(service_name, instance_id, via)
         return await _unstoppable(
             self._unregister(service_name, instance_id, via), self._write_timeout
         )

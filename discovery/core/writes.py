@@ -47,18 +47,25 @@ class WriteGate:
             self._new_by_service[service] += 1
         if new:
             self._new[key] += 1
-        with self._held(self._writing, key):
-            try:
-                yield
-            finally:
-                if new:
-                    self._release_new(key)
+        # Counted inline, not through `_held`: every registration passes here.
+        self._writing[key] += 1
+        try:
+            yield
+        finally:
+            _drop(self._writing, key)
+            if new:
+                self._release_new(key)
 
     @contextlib.contextmanager
     def unregistering(self, key: Key) -> Iterator[None]:
         """Around an unregistration's write and application."""
-        with self._held(self._writing, key), self._held(self._leaving, key):
+        self._writing[key] += 1
+        self._leaving[key] += 1
+        try:
             yield
+        finally:
+            _drop(self._leaving, key)
+            _drop(self._writing, key)
 
     def _release_new(self, key: Key) -> None:
         self._new[key] -= 1
@@ -69,13 +76,11 @@ class WriteGate:
             if self._new_by_service[service] == 0:
                 del self._new_by_service[service]
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _held(counter: Counter[Key], key: Key) -> Iterator[None]:
-        counter[key] += 1
-        try:
-            yield
-        finally:
-            counter[key] -= 1
-            if counter[key] == 0:
-                del counter[key]
+
+def _drop(counter: Counter[Key], key: Key) -> None:
+    """One hold on `key` fewer; the key leaves `counter` with its last."""
+    held = counter[key] - 1
+    if held:
+        counter[key] = held
+    else:
+        del counter[key]

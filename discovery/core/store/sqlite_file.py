@@ -75,6 +75,8 @@ SELECT service_name, instance_id, host, port, health_endpoint, metadata, registe
 FROM instances ORDER BY seq
 """
 _STATUSES = {status.value: status for status in HealthStatus}
+#: `json.dumps(..., separators=(",", ":"))` without building an encoder per call.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Damaged(Exception):
@@ -232,7 +234,7 @@ def registration_row(instance: Instance) -> tuple[Any, ...]:
         instance.host,
         instance.port,
         instance.health_endpoint,
-        json.dumps(instance.metadata, separators=(",", ":")),
+        _compact_json(instance.metadata),
         instance.registered_at,
         instance.status.value,
     )
