@@ -11,6 +11,7 @@ from discovery.core.facade import DiscoveryCore
 from gateway_rest import errors, metrics, prometheus_sd, root
 from gateway_rest.guard import WriteGuard
 from gateway_rest.hot import HotPaths
+from gateway_rest.records import EncodedRecords
 from gateway_rest.routers import health_router, router
 from gateway_rest.routing import RouteTable
 from gateway_rest.sse import router as watch_router
@@ -39,7 +40,7 @@ class DiscoveryApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         app = super().build_middleware_stack()
         if self.hot_paths:
-            app = HotPaths(app, core=self.core, routes=self.route_table)
+            app = HotPaths(app, core=self.core, routes=self.route_table, records=self.state.records)
         return WriteGuard(app, auth=self.core.auth, routes=self.route_table)
 
 
@@ -56,6 +57,7 @@ def create_app(core: DiscoveryCore) -> DiscoveryApp:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.core = core
+    app.state.records = EncodedRecords()
     app.state.metrics = metrics.build_registry(core)
     app.include_router(router)
     app.include_router(watch_router)

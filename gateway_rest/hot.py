@@ -31,6 +31,7 @@ from discovery.core.facade import DiscoveryCore
 from discovery.core.metrics import REST, Histogram
 from gateway_rest import routers
 from gateway_rest.guard import read_body, replay
+from gateway_rest.records import EncodedRecords
 from gateway_rest.routing import RouteTable
 from gateway_rest.schemas import HeartbeatRequest
 
@@ -56,15 +57,20 @@ _READS: dict[Callable[..., Any], Version] = {
     routers.get_service: _service,
     routers.healthy_instances: _service,
 }
+#: The reads that answer from the encoded records (`gateway_rest.records`).
+_FROM_RECORDS = frozenset({routers.get_service, routers.healthy_instances})
 
 
 class HotPaths:
     """Answers heartbeats and discovery reads through their endpoints; passes the rest on."""
 
-    def __init__(self, app: ASGIApp, core: DiscoveryCore, routes: RouteTable) -> None:
+    def __init__(
+        self, app: ASGIApp, core: DiscoveryCore, routes: RouteTable, records: EncodedRecords
+    ) -> None:
         self.app = app
         self.core = core
         self.routes = routes
+        self.records = records
         self._cache: dict[tuple[Any, ...], tuple[int, bytes]] = {}
         self._ok = _encode(routers.HEARTBEAT_OK)
         # The hot answers are timed here, into their routes' histograms: an ASGI layer around
@@ -134,9 +140,13 @@ class HotPaths:
         if entry is not None and entry[0] == current:
             return entry[1]
         try:
-            body = _encode(await endpoint(core=self.core, **params))
+            if endpoint in _FROM_RECORDS:
+                answer = await endpoint(core=self.core, records=self.records, **params)
+            else:
+                answer = await endpoint(core=self.core, **params)
         except DiscoveryError:
             return None
+        body = bytes(answer.body) if isinstance(answer, Response) else _encode(answer)
         if len(self._cache) >= CACHE_SIZE:
             del self._cache[next(iter(self._cache))]
         self._cache[key] = (current, body)

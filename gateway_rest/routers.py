@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from discovery.core.errors import InstanceNotFound
 from discovery.core.facade import DiscoveryCore
 from discovery.core.metrics import REST
+from gateway_rest.records import EncodedRecords, JSONBytes
 from gateway_rest.routing import WRITE
 from gateway_rest.schemas import (
     AlertRecord,
@@ -45,6 +46,14 @@ async def get_core(request: Request) -> DiscoveryCore:
 
 
 Core = Annotated[DiscoveryCore, Depends(get_core)]
+
+
+async def get_records(request: Request) -> EncodedRecords:
+    records: EncodedRecords = request.app.state.records
+    return records
+
+
+Records = Annotated[EncodedRecords, Depends(get_records)]
 
 router = APIRouter(prefix="/v1/discovery", tags=["discovery"])
 health_router = APIRouter(tags=["health"])
@@ -107,22 +116,25 @@ async def list_services(core: Core) -> ServicesResponse:
     )
 
 
-@router.get("/services/{service_name}", responses={404: {"model": Detail}})
-async def get_service(service_name: str, core: Core) -> ServiceResponse:
+# The two reads of one service answer from the encoded records (`gateway_rest.records`): a read
+# of a service that changed encodes only the instances that changed.
+
+
+@router.get(
+    "/services/{service_name}", response_model=ServiceResponse, responses={404: {"model": Detail}}
+)
+async def get_service(service_name: str, core: Core, records: Records) -> JSONBytes:
     """All instances of one service, whatever their health."""
     instances = core.instances(service_name)
-    return ServiceResponse(
-        service_name=service_name, instances=[InstanceRecord.of(i) for i in instances]
-    )
+    envelope = ServiceResponse(service_name=service_name, instances=[])
+    return JSONBytes(records.listing(envelope, instances))
 
 
-@router.get("/services/{service_name}/healthy")
-async def healthy_instances(service_name: str, core: Core) -> HealthyResponse:
+@router.get("/services/{service_name}/healthy", response_model=HealthyResponse)
+async def healthy_instances(service_name: str, core: Core, records: Records) -> JSONBytes:
     """The instances of one service whose status is healthy (empty when the service is unknown)."""
-    return HealthyResponse(
-        service_name=service_name,
-        healthy_instances=[InstanceRecord.of(i) for i in core.healthy(service_name)],
-    )
+    envelope = HealthyResponse(service_name=service_name, healthy_instances=[])
+    return JSONBytes(records.listing(envelope, core.healthy(service_name)))
 
 
 @router.get("/alerts")
