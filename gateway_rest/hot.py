@@ -57,8 +57,6 @@ _READS: dict[Callable[..., Any], Version] = {
     routers.get_service: _service,
     routers.healthy_instances: _service,
 }
-#: The reads that answer from the encoded records (`gateway_rest.records`).
-_FROM_RECORDS = frozenset({routers.get_service, routers.healthy_instances})
 
 
 class HotPaths:
@@ -140,10 +138,7 @@ class HotPaths:
         if entry is not None and entry[0] == current:
             return entry[1]
         try:
-            if endpoint in _FROM_RECORDS:
-                answer = await endpoint(core=self.core, records=self.records, **params)
-            else:
-                answer = await endpoint(core=self.core, **params)
+            answer = await endpoint(core=self.core, records=self.records, **params)
         except DiscoveryError:
             return None
         body = bytes(answer.body) if isinstance(answer, Response) else _encode(answer)

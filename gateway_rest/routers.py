@@ -105,19 +105,14 @@ async def unregister(service_name: str, instance_id: str, core: Core) -> Outcome
     return Outcome(success=True, message="Service unregistered successfully")
 
 
-@router.get("/services")
-async def list_services(core: Core) -> ServicesResponse:
+@router.get("/services", response_model=ServicesResponse)
+async def list_services(core: Core, records: Records) -> JSONBytes:
     """Every service with all of its instances, in registration order."""
-    return ServicesResponse(
-        services={
-            name: [InstanceRecord.of(i) for i in instances]
-            for name, instances in core.services().items()
-        }
-    )
+    return JSONBytes(records.services(core.services()))
 
 
-# The two reads of one service answer from the encoded records (`gateway_rest.records`): a read
-# of a service that changed encodes only the instances that changed.
+# The reads answer from the encoded records (`gateway_rest.records`): a read of a service that
+# changed encodes only the instances that changed.
 
 
 @router.get(

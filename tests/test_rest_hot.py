@@ -25,9 +25,9 @@ from discovery.core.facade import DiscoveryCore
 from discovery.core.model import HealthStatus
 from discovery.core.settings import Settings
 from discovery.testing import FakeClock
-from gateway_rest import routers
 from gateway_rest.app import DiscoveryApp, create_app
 from gateway_rest.routing import WRITE
+from gateway_rest.schemas import InstanceRecord
 from tests.conftest import AUTH, SECRET, registration
 
 HEARTBEAT = "/v1/discovery/heartbeat"
@@ -69,7 +69,10 @@ class Twins:
 
     async def same_state(self) -> None:
         """Both registries hold the same records, as the route encodes them."""
-        first, second = [(await routers.list_services(core)).model_dump() for core in self.cores]
+        first, second = [
+            {name: [InstanceRecord.of(i).model_dump() for i in listed] for name, listed in found}
+            for found in (core.services().items() for core in self.cores)
+        ]
         assert first == second
 
     def advance(self, seconds: float) -> None:

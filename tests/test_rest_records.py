@@ -2,8 +2,8 @@
 
 Hypothesis drives a registry through registrations, heartbeats, probe outcomes, time passing and
 unregistrations; after each step the kept-record listings of every service (and of names no
-service has) must be byte for byte the model's own encoding, so a record kept past a change of
-what it shows would be caught.
+service has), and the listing of all services, must be byte for byte the model's own encoding, so
+a record kept past a change of what it shows would be caught.
 """
 
 from __future__ import annotations
@@ -15,11 +15,16 @@ from hypothesis import strategies as st
 
 from discovery.core.errors import ServiceNotFound
 from discovery.core.facade import DiscoveryCore
-from discovery.core.model import HealthStatus, Registration
+from discovery.core.model import HealthStatus, Instance, Registration
 from discovery.core.settings import Settings
 from discovery.testing import FakeClock
 from gateway_rest.records import EncodedRecords
-from gateway_rest.schemas import HealthyResponse, InstanceRecord, ServiceResponse
+from gateway_rest.schemas import (
+    HealthyResponse,
+    InstanceRecord,
+    ServiceResponse,
+    ServicesResponse,
+)
 
 SERVICES = ["game", "chat"]
 INSTANCES = ["a", "b", "c:1"]
@@ -109,6 +114,11 @@ def spliced_encodings(
     return records.listing(ServiceResponse(service_name=name, instances=[]), instances), healthy
 
 
+def whole_services(services: dict[str, list[Instance]]) -> bytes:
+    records = {name: [InstanceRecord.of(i) for i in listed] for name, listed in services.items()}
+    return ServicesResponse(services=records).model_dump_json().encode()
+
+
 @settings(max_examples=150, deadline=None, database=None)
 @given(steps=STEPS)
 def test_listings_read_as_the_models_through_every_change(steps: list[tuple[object, ...]]) -> None:
@@ -119,8 +129,19 @@ def test_listings_read_as_the_models_through_every_change(steps: list[tuple[obje
             await step(core, change)
             for name in [*SERVICES, "nope", 'a[]"b\\ü']:
                 assert spliced_encodings(core, records, name) == whole_encodings(core, name)
+            services = core.services()
+            assert records.services(services) == whole_services(services)
 
     asyncio.run(run())
+
+
+async def test_a_service_name_holding_brackets_is_listed_whole() -> None:
+    core = new_core()
+    records = EncodedRecords()
+    await core.register(Registration("game", "a", "10.0.0.5", 1, None, {"k": "[]"}))
+    services = {**core.services(), 'x[]"y': core.instances("game"), "empty": []}
+    assert records.services(services) == whole_services(services)
+    assert records.services({}) == b'{"services":{}}'
 
 
 async def test_an_unchanged_instance_is_not_encoded_again() -> None:
