@@ -141,7 +141,7 @@ class HotPaths:
             answer = await endpoint(core=self.core, records=self.records, **params)
         except DiscoveryError:
             return None
-        body = bytes(answer.body) if isinstance(answer, Response) else _encode(answer)
+        body = bytes(answer.body)  # the reads answer pre-encoded (`gateway_rest.records`)
         if len(self._cache) >= CACHE_SIZE:
             del self._cache[next(iter(self._cache))]
         self._cache[key] = (current, body)
