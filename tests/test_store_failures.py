@@ -50,14 +50,31 @@ async def test_a_full_disk_refuses_writes_and_applies_none_of_them(tmp_path: Pat
         before = await records(rest)
         assert [i["instance_id"] for i in before["game"]] == acknowledged
 
-        request = pb.RegisterRequest(
-            service_name="game", instance_id="grpc-big", host="10.0.0.1", port=1, metadata=BIG
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await stub.Register(request, metadata=GRPC_AUTH)
-        assert error.value.code() is grpc.StatusCode.UNAVAILABLE
+        # The room the refused write lacked may still take a transaction of fewer pages (one
+        # that splits no page): write over gRPC until the store refuses one too.
+        refused_rpc: grpc.aio.AioRpcError | None = None
+        for n in range(60):
+            request = pb.RegisterRequest(
+                service_name="game",
+                instance_id=f"grpc-{n}",
+                host="10.0.0.1",
+                port=1,
+                health_endpoint="",  # heartbeat-only, as the REST ones: healthy at once
+                metadata=BIG,
+            )
+            try:
+                await stub.Register(request, metadata=GRPC_AUTH)
+            except grpc.aio.AioRpcError as exc:
+                refused_rpc = exc
+                break
+            acknowledged.append(f"grpc-{n}")
+        assert refused_rpc is not None, "the store took every gRPC write past its limit"
+        assert refused_rpc.code() is grpc.StatusCode.UNAVAILABLE
         # Nothing refused was applied; reads and heartbeats go on.
-        assert await records(rest) == before
+        now = await records(rest)
+        assert [i["instance_id"] for i in now["game"]] == acknowledged
+        if len(acknowledged) == len(before["game"]):
+            assert now == before
         beat = {"service_name": "game", "instance_id": acknowledged[0]}
         assert (await rest.post("/v1/discovery/heartbeat", json=beat, headers=AUTH)).is_success
         healthy = await rest.get("/v1/discovery/services/game/healthy")
