@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,7 +31,7 @@ from discovery.core.facade import DiscoveryCore
 from discovery.core.metrics import REST, Histogram
 from gateway_rest import routers
 from gateway_rest.guard import read_body, replay
-from gateway_rest.records import EncodedRecords
+from gateway_rest.records import EncodedRecords, encode
 from gateway_rest.routing import RouteTable
 from gateway_rest.schemas import HeartbeatRequest
 
@@ -70,7 +70,7 @@ class HotPaths:
         self.routes = routes
         self.records = records
         self._cache: dict[tuple[Any, ...], tuple[int, bytes]] = {}
-        self._ok = _encode(routers.HEARTBEAT_OK)
+        self._ok = encode(routers.HEARTBEAT_OK)
         # The hot answers are timed here, into their routes' histograms: an ASGI layer around
         # this one would cost every request a coroutine more (`gateway_rest.timing` times the
         # requests that go on to the routes).
@@ -124,7 +124,7 @@ class HotPaths:
             return None
         if answer is routers.HEARTBEAT_OK:
             return self._ok
-        return answer if isinstance(answer, Response) else _encode(answer)
+        return answer if isinstance(answer, Response) else encode(answer)
 
     async def _read(
         self, endpoint: Callable[..., Any], version: Version, params: dict[str, Any]
@@ -141,15 +141,11 @@ class HotPaths:
             answer = await endpoint(core=self.core, records=self.records, **params)
         except DiscoveryError:
             return None
-        body = bytes(answer.body)  # the reads answer pre-encoded (`gateway_rest.records`)
+        body: bytes = answer.body  # the reads answer pre-encoded (`gateway_rest.records`)
         if len(self._cache) >= CACHE_SIZE:
             del self._cache[next(iter(self._cache))]
         self._cache[key] = (current, body)
         return body
-
-
-def _encode(model: BaseModel) -> bytes:
-    return model.__pydantic_serializer__.to_json(model)
 
 
 def _is_json(scope: Scope) -> bool:

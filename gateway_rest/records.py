@@ -4,12 +4,11 @@ Building a record's model and encoding it costs about 12 us an instance, mostly 
 `model_construct` and the ISO 8601 timestamps. A read after a change used to pay it for every
 instance, though a change (a registration, a heartbeat, a probe) touches one: a service of 1,000
 instances with heartbeats coming in was about 11 ms a read, `GET /services` over 10,000 about
-100 ms. `EncodedRecords`
-keeps each instance's encoded record with the fields it was made from, and encodes it again
-only when one of them differs; a listing is the response model encoded with empty lists, the
-kept records spliced into them. So the model stays the one definition of the shape (and of
-the OpenAPI schema), and `tests/test_rest_records.py` checks every listing against the model
-encoded whole.
+100 ms. `EncodedRecords` keeps each instance's encoded record with the fields it was made from,
+and encodes it again only when one of them differs; a listing is the response model encoded
+with empty lists, the kept records spliced into them. So the model stays the one definition of
+the shape (and of the OpenAPI schema), and `tests/test_rest_records.py` checks every listing
+against the model encoded whole.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ class EncodedRecords:
         kept = self._kept.get(instance)
         if kept is not None and kept[0] == shown:
             return kept[1]
-        encoded = _encode(InstanceRecord.of(instance))
+        encoded = encode(InstanceRecord.of(instance))
         if kept is None and len(self._kept) >= self._size:
             del self._kept[next(iter(self._kept))]
         self._kept[instance] = (shown, encoded)
@@ -56,7 +55,7 @@ class EncodedRecords:
     def listing(self, envelope: BaseModel, instances: list[Instance]) -> bytes:
         """`envelope` encoded with `instances` as the records of its last field, which it holds
         as an empty list."""
-        empty = _encode(envelope)
+        empty = encode(envelope)
         if not empty.endswith(b"[]}"):
             raise ValueError(f"{type(envelope).__name__} does not end with an empty list")
         return b"%s%s]}" % (empty[:-2], b",".join(map(self.record, instances)))
@@ -64,14 +63,14 @@ class EncodedRecords:
     def services(self, services: dict[str, list[Instance]]) -> bytes:
         """`ServicesResponse` encoded for `services` (name -> instances, in order)."""
         envelope = ServicesResponse(services={name: [] for name in services})
-        parts = _encode(envelope).split(b"[]")
+        parts = encode(envelope).split(b"[]")
         if len(parts) != len(services) + 1:
             # A name holding "[]" (registration refuses those, but a store could hold one):
             # the whole model, encoded as it is.
             records = {
                 name: [InstanceRecord.of(i) for i in listed] for name, listed in services.items()
             }
-            return _encode(ServicesResponse(services=records))
+            return encode(ServicesResponse(services=records))
         spliced = [parts[0]]
         for instances, after in zip(services.values(), parts[1:], strict=True):
             spliced += (b"[", b",".join(map(self.record, instances)), b"]", after)
@@ -96,5 +95,6 @@ def _shown(instance: Instance) -> tuple[object, ...]:
     )
 
 
-def _encode(model: BaseModel) -> bytes:
+def encode(model: BaseModel) -> bytes:
+    """`model` as JSON, as the routes' responses encode it."""
     return model.__pydantic_serializer__.to_json(model)

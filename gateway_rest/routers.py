@@ -105,14 +105,14 @@ async def unregister(service_name: str, instance_id: str, core: Core) -> Outcome
     return Outcome(success=True, message="Service unregistered successfully")
 
 
+# The reads answer from the encoded records (`gateway_rest.records`): a read of a service that
+# changed encodes only the instances that changed.
+
+
 @router.get("/services", response_model=ServicesResponse)
 async def list_services(core: Core, records: Records) -> JSONBytes:
     """Every service with all of its instances, in registration order."""
     return JSONBytes(records.services(core.services()))
-
-
-# The reads answer from the encoded records (`gateway_rest.records`): a read of a service that
-# changed encodes only the instances that changed.
 
 
 @router.get(
