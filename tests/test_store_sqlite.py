@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from discovery.core.errors import StoreUnavailable
 from discovery.core.model import HealthStatus, Instance
+from discovery.core.store import sqlite_writer
 from discovery.core.store.base import Restored
 from discovery.core.store.sqlite import REVISION_MARGIN, SqliteStore
 from discovery.testing import eventually
@@ -54,6 +56,38 @@ async def test_concurrent_writes_share_commits_and_come_back_in_order(tmp_path: 
         assert restored.revision == 42 + REVISION_MARGIN
     finally:
         await again.close()
+
+
+async def test_a_lone_writer_is_written_at_once_and_overlapping_writers_are_gathered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lingered: list[float] = []
+    pause = time.sleep
+
+    def sleep(seconds: float) -> None:
+        lingered.append(seconds)
+        pause(seconds)
+
+    monkeypatch.setattr("discovery.core.store.sqlite_writer.time.sleep", sleep)
+    store = SqliteStore(tmp_path / "registry.db", flush_interval=3600)
+    await store.open(lambda: 0)
+    try:
+        for n in range(20):  # one client, one write at a time: nothing to wait for
+            await store.put(instance(n))
+        assert (store.commits, lingered) == (20, [])
+
+        async def client(c: int) -> None:  # 8 clients, each one write at a time
+            for n in range(10):
+                await store.put(instance(100 + 10 * c + n))
+
+        before = store.commits
+        await asyncio.gather(*(client(c) for c in range(8)))
+        assert lingered, "overlapping writers were not gathered"
+        assert all(s == sqlite_writer.LINGER for s in lingered)
+        assert store.commits - before <= 40  # 80 writes
+    finally:
+        await store.close()
+    assert len((await _reopen(tmp_path / "registry.db")).instances) == 100
 
 
 async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:

@@ -8,6 +8,13 @@ sync for all of them, one hand-back to the loop). Each write's
 future is settled on the event loop, in queue order, once its transaction committed (or failed:
 then every write of that transaction is refused, and none of it is in the file).
 
+A commit costs the process's core more than a write in it (about 0.2 ms of CPU here, mostly
+the disk sync, against some 15-35 us a row), and that core is the one answering the clients.
+So while writers overlap (the last transaction held more than one write, or several are queued)
+and keep coming, the thread waits `LINGER` for more before it begins. A write that comes alone
+(one client writing one instance after the other, or the first after a quiet spell) is written
+at once: such a client waits about 1 ms a registration rather than 3 ms.
+
 A waiter that gives up (the write timed out) can `abandon` a write the thread has not taken yet:
 it is then never written. Once taken, its transaction runs to its end, whatever the waiter does.
 """
@@ -31,10 +38,8 @@ log = logging.getLogger("discovery.store")
 
 #: About this many writes at most share one transaction (bounds the time a commit holds them).
 MAX_BATCH = 2000
-#: Under a stream of writes (the last commit ended less than this long before the next write
-#: came) the thread waits this long for more before it begins: a commit is quick on a fast disk,
-#: and each costs the process's one core far more than a write in it. An isolated write (the
-#: usual case) is written at once.
+#: While writers overlap and keep coming (the last transaction held more than one write, and
+#: ended less than this long ago), the thread gathers this long before it begins the next.
 LINGER = 0.002
 
 
@@ -74,7 +79,8 @@ class Writer:
         self._lock = threading.Lock()  # between taking a batch and abandoning a write
         self.closed = False
         self.commits = 0  # transactions committed (fewer than writes: they share commits)
-        self._last_commit = 0.0  # when the thread last ended a transaction (monotonic)
+        self._shared = False  # whether the last transaction held more than one write ...
+        self._ended = 0.0  # ... and when it ended (monotonic)
 
     def start(self) -> None:
         self._thread.start()
@@ -125,19 +131,26 @@ class Writer:
 
     def _take(self) -> list[Write]:
         batch = self._queue.get()
-        if batch[-1] is not _STOP and time.monotonic() - self._last_commit < LINGER:
+        self._gather(batch)
+        overlapping = self._shared or len(batch) > 1
+        if overlapping and batch[-1] is not _STOP and time.monotonic() - self._ended < LINGER:
             time.sleep(LINGER)
-        while batch[-1] is not _STOP and len(batch) < MAX_BATCH:
-            try:
-                batch += self._queue.get_nowait()
-            except queue.Empty:
-                break
+            self._gather(batch)
+        self._shared = len(batch) > 1
         with self._lock:
             for write in batch:
                 write.taken = True
             if any(write.abandoned for write in batch):
                 batch = [write for write in batch if not write.abandoned]
         return batch
+
+    def _gather(self, batch: list[Write]) -> None:
+        """Add what is queued to `batch` (up to about `MAX_BATCH`)."""
+        while batch[-1] is not _STOP and len(batch) < MAX_BATCH:
+            try:
+                batch += self._queue.get_nowait()
+            except queue.Empty:
+                break
 
     def _commit(self, batch: list[Write]) -> Exception | None:
         connection = self._connection
@@ -150,7 +163,7 @@ class Writer:
             connection.execute(REVISION, (self._revision(),))
             connection.execute("COMMIT")
             self.commits += 1
-            self._last_commit = time.monotonic()
+            self._ended = time.monotonic()
         except Exception as exc:  # refuse the batch, but keep the thread (and later writes) alive
             if connection.in_transaction:
                 try:
