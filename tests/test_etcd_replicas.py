@@ -222,6 +222,7 @@ async def test_each_alert_reaches_the_webhook_once(etcd: Etcd) -> None:
         async with replicas(3, env) as processes, httpx.AsyncClient(timeout=10) as client:
             url = processes[1].rest_url
             await register(client, url, "g-1")
+            await eventually(lambda: _has(client, processes[2].rest_url, {"g-1"}), within=1)
             beat = {"service_name": "game", "instance_id": "g-1", "load_percentage": 0.95}
             assert (
                 await client.post(f"{processes[2].rest_url}/v1/discovery/heartbeat", json=beat)
@@ -436,6 +437,8 @@ async def test_a_broken_keepalive_downs_the_instance_on_every_replica_within_a_s
         assert (
             await client.post(f"{a.rest_url}/v1/discovery/register", json=body("g-1"))
         ).is_success
+        # B learns of it through etcd's watch, a moment later.
+        await eventually(lambda: _has(client, b.rest_url, {"g-1"}), within=1)
         channel, _ = await _keep_alive(b.grpc_target, "g-1")
         await asyncio.sleep(0.3)  # the stream's hold is written through
         await channel.close(None)  # the connection breaks
@@ -457,6 +460,8 @@ async def test_instances_kept_alive_by_a_dead_replica_turn_unhealthy(etcd: Etcd)
         assert (
             await client.post(f"{a.rest_url}/v1/discovery/register", json=body("g-1"))
         ).is_success
+        # B learns of it through etcd's watch, a moment later.
+        await eventually(lambda: _has(client, b.rest_url, {"g-1"}), within=1)
         channel, _ = await _keep_alive(b.grpc_target, "g-1")
         await asyncio.sleep(0.5)  # the stream's hold is written through
         await b.kill()
