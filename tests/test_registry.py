@@ -8,7 +8,6 @@ from discovery.core.errors import InstanceNotFound, LimitExceeded, ServiceNotFou
 from discovery.core.model import Change, EventType, HealthStatus, Instance, Registration
 from discovery.core.registry import Registry
 from discovery.core.settings import Settings
-from discovery.core.store.memory import MemoryStore
 from discovery.testing import FakeClock
 
 
@@ -325,34 +324,3 @@ def test_service_version_moves_on_every_touch() -> None:
     version = registry.service_version("game")
     registry.heartbeat("game", "game-1")
     assert registry.service_version("game") > version
-
-
-class Told(MemoryStore):
-    """Records which liveness writes the registry asks its store for."""
-
-    def __init__(self) -> None:
-        self.touched: list[tuple[str, str]] = []
-        self.changed_now: list[tuple[str, str]] = []
-
-    def touch(self, instance: Instance) -> None:
-        self.touched.append(instance.key)
-
-    def changed(self, instance: Instance) -> None:
-        self.changed_now.append(instance.key)
-
-
-def test_a_new_registration_waits_for_the_flush_and_a_status_change_does_not() -> None:
-    # The store's own write of a new registration holds its status: only its other liveness
-    # (revision) is left, for the periodic flush. A status a watcher sees change is written
-    # at once, a re-registration's included (the upsert keeps the stored status).
-    registry, _, _ = make()
-    told = Told()
-    registry.attach(told)
-    probed, _ = registry.register(reg())
-    registry.register(reg(instance="beats", endpoint=None))
-    assert told.changed_now == []
-    assert told.touched == [("game", "game-1"), ("game", "beats")]
-    registry.record_health(probed, HealthStatus.HEALTHY, 0.3)
-    assert told.changed_now == [("game", "game-1")]
-    registry.register(reg(port=9090))  # a new address: back to unknown
-    assert told.changed_now == [("game", "game-1")] * 2

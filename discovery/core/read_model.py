@@ -214,25 +214,14 @@ class ReadModel:
             del self._versions[instance.service_name]
 
     def _emit(
-        self,
-        instance: Instance,
-        healthy_before: bool,
-        kind: EventType,
-        revision: int,
-        stored: bool = False,
+        self, instance: Instance, healthy_before: bool, kind: EventType, revision: int
     ) -> None:
-        """Publish `instance`'s change at `revision`. `stored`: the store's write of the change
-        already holds what watchers see (a new registration's row has its status), so its
-        liveness goes with the next periodic flush rather than a flush of its own."""
         self._revision = revision
         instance.revision = self._revision
         instance.published = snapshot = instance.snapshot()
         change = Change(kind, snapshot, self._revision, healthy_before)
         if kind is EventType.PUT:
-            if stored:
-                self._store.touch(instance)
-            else:
-                self._store.changed(instance)
+            self._store.changed(instance)
         for listener in self._listeners:
             try:
                 listener(change)

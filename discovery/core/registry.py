@@ -108,7 +108,7 @@ class Registry(Following):
         self._count += 1
         heard = self._mark_seen(instance)
         self._revive(instance, heard)
-        self._publish(instance, healthy_before=False, stored=True)
+        self._publish(instance, healthy_before=False)
         if not instance.heartbeat_only:
             self.probes.probe_soon(instance)
         return instance, True
@@ -284,14 +284,10 @@ class Registry(Following):
         self._delete(instance, self._revision + 1)
 
     def _publish(
-        self,
-        instance: Instance,
-        healthy_before: bool,
-        kind: EventType = EventType.PUT,
-        stored: bool = False,
+        self, instance: Instance, healthy_before: bool, kind: EventType = EventType.PUT
     ) -> None:
         if self.follower is not None:
             # Decided here, published when the shared store hands it back with its revision.
             self.follower.propose(instance)
             return
-        self._emit(instance, healthy_before, kind, self._revision + 1, stored)
+        self._emit(instance, healthy_before, kind, self._revision + 1)
