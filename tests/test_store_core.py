@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 
 from discovery.core.model import Registration
+from discovery.core.store.sqlite import SqliteStore
 from discovery.testing import eventually, run_server
 from discovery.v1 import discovery_pb2 as pb
 from discovery.v1 import discovery_pb2_grpc as pb_grpc
@@ -101,6 +103,37 @@ async def test_concurrent_writes_leave_store_and_registry_in_agreement() -> None
                 assert (mine.address, mine.registered_at) == (stored.address, stored.registered_at)
             # Some of the abandoned registrations were written (and so had to be applied).
             assert any(key[1].startswith("h-") for key in store.written)
+
+
+async def test_writes_whose_callers_hang_up_are_applied_when_the_sqlite_file_has_them(
+    tmp_path: Path,
+) -> None:
+    # The SQLite store hands back its writer's own futures: a registration whose caller is
+    # cancelled while the write is on its way is applied from the commit, or written nowhere.
+    path = tmp_path / "registry.db"
+    rng = random.Random(5)
+    gone: list[tuple[str, str]] = []
+    async with run_server(store=SqliteStore(path), secret=SECRET) as server:
+        core = server.core
+
+        async def hangs_up(client: int) -> None:
+            for n in range(40):
+                registration = core_registration(f"h-{client}-{n}", 80)
+                task = asyncio.ensure_future(core.register(registration))
+                await asyncio.sleep(rng.uniform(0, 0.004))
+                if task.cancel():
+                    gone.append((registration.service_name, registration.instance_id))
+
+        await asyncio.gather(*(hangs_up(c) for c in range(4)))
+        await eventually(lambda: not core.registry.writing, within=10)
+        registered = [i.key for i in core.registry.all_instances()]
+    reopened = SqliteStore(path)
+    try:
+        restored = await reopened.open(lambda: 0)
+    finally:
+        await reopened.close()
+    assert [i.key for i in restored.instances] == registered
+    assert set(gone) & set(registered), "no write of a caller that hung up was applied"
 
 
 def core_registration(instance: str, port: int) -> Registration:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -94,27 +95,44 @@ class DiscoveryCore:
     async def register(self, registration: Registration, via: str = GRPC) -> Registered:
         """Add or update an instance once the store has it; `LimitExceeded` or
         `StoreUnavailable` leave the registry as it was."""
-        if self._instant:
-            return await self._register(registration, via)
-        return await _unstoppable(self._register(registration, via), self._write_timeout)
-
-    async def _register(self, registration: Registration, via: str) -> Registered:
         key = (registration.service_name, registration.instance_id)
-        with self._writes.registering(key):
+        hold = self._writes.registering(key)
+        hold.__enter__()  # left in `_apply_when_durable`, or below when the write never began
+        try:
             record = self.registry.record_of(registration)
             existed = self.registry.get(*key) is not None
-            await self.store.put(record)
-            if self.shared:
-                # Applied from the store's watch before `put` returned; gone again only if
-                # another replica removed it meanwhile.
-                instance, created = self.registry.get(*key) or record, not existed
-            else:
-                try:
-                    instance, created = self.registry.register(registration, record.registered_at)
-                except LimitExceeded:
-                    # Cannot happen while the gate counts right; if it does, take it back.
-                    self.store.forget(record)
-                    raise
+            written = self.store.put(record)
+        except BaseException:
+            hold.__exit__(None, None, None)
+            raise
+
+        def apply() -> Registered:
+            return self._registered(registration, record, existed, via)
+
+        if self._instant:
+            try:
+                await written
+                return apply()
+            finally:
+                hold.__exit__(None, None, None)
+        return await _apply_when_durable(written, hold, apply, self._write_timeout)
+
+    def _registered(
+        self, registration: Registration, record: Instance, existed: bool, via: str
+    ) -> Registered:
+        """Apply a registration the store has made durable."""
+        key = record.key
+        if self.shared:
+            # Applied from the store's watch before `put` returned; gone again only if another
+            # replica removed it meanwhile.
+            instance, created = self.registry.get(*key) or record, not existed
+        else:
+            try:
+                instance, created = self.registry.register(registration, record.registered_at)
+            except LimitExceeded:
+                # Cannot happen while the gate counts right; if it does, take it back.
+                self.store.forget(record)
+                raise
         self.metrics.registrations[via] += 1
         if created:
             log.info(
@@ -138,18 +156,31 @@ class DiscoveryCore:
         """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown,
         `StoreUnavailable` leaves it registered."""
         self.registry.require(service_name, instance_id)
-        if self._instant:
-            return await self._unregister(service_name, instance_id, via)
-        return await _unstoppable(
-            self._unregister(service_name, instance_id, via), self._write_timeout
-        )
-
-    async def _unregister(self, service_name: str, instance_id: str, via: str) -> Instance:
-        with self._writes.unregistering((service_name, instance_id)):
+        hold = self._writes.unregistering((service_name, instance_id))
+        hold.__enter__()  # left as in `register`
+        try:
             instance = self.registry.require(service_name, instance_id)
-            await self.store.delete(service_name, instance_id)
-            if not self.shared:  # a shared store's watch has removed it already
-                instance = self.registry.unregister(service_name, instance_id)
+            written = self.store.delete(service_name, instance_id)
+        except BaseException:
+            hold.__exit__(None, None, None)
+            raise
+
+        def apply() -> Instance:
+            return self._unregistered(instance, via)
+
+        if self._instant:
+            try:
+                await written
+                return apply()
+            finally:
+                hold.__exit__(None, None, None)
+        return await _apply_when_durable(written, hold, apply, self._write_timeout)
+
+    def _unregistered(self, instance: Instance, via: str) -> Instance:
+        """Apply an unregistration the store has made durable."""
+        service_name, instance_id = instance.key
+        if not self.shared:  # a shared store's watch has removed it already
+            instance = self.registry.unregister(service_name, instance_id)
         self.metrics.unregistrations[via] += 1
         log.info("Unregistered %s:%s", service_name, instance_id)
         return instance
@@ -296,42 +327,58 @@ T = TypeVar("T")
 _AFTER_THE_STORE = 0.1
 
 
-async def _unstoppable(work: Coroutine[Any, Any, T], within: float | None) -> T:
-    """Run `work` to its end even if the caller is cancelled (a client that hung up) or gives
-    up: a write the store made durable must be applied, or store and registry would disagree.
+async def _apply_when_durable(
+    written: Awaitable[None],
+    hold: AbstractContextManager[None],
+    apply: Callable[[], T],
+    within: float | None,
+) -> T:
+    """`apply()` once `written` (the store's write) is durable, even if the caller is cancelled
+    (a client that hung up) or gives up meanwhile: a write the store made durable must be
+    applied, or store and registry would disagree. `hold` (the write gate's) is left once the
+    write is applied or refused.
 
-    The caller waits at most about `within` seconds (None: no bound), then gets
-    `StoreUnavailable`: the store refuses a write it had not begun by then (so that refusal is
-    final); one it had begun may still commit, and is then applied (like a request in flight
-    when its client hung up).
+    The write is applied from its own completion, in the order the store completes writes, with
+    no task of its own (this is every durable write's path). The caller waits at most about
+    `within` seconds (None: no bound), then gets `StoreUnavailable`: the store refuses a write it
+    had not begun by then (so that refusal is final); one it had begun may still commit, and is
+    then applied (like a request in flight when its client hung up).
     """
     loop = asyncio.get_running_loop()
-    task = loop.create_task(work)
-    task.add_done_callback(_retrieve)
-    waiter = loop.create_future()  # what the caller awaits: the task's end, or the timeout
+    future = asyncio.ensure_future(written)
+    outcome: asyncio.Future[T] = loop.create_future()  # what the caller awaits
 
-    def finish(_: object) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
+    def settle(_: object) -> None:
+        try:
+            if future.cancelled():
+                raise StoreUnavailable("the store's write was cancelled")
+            error = future.exception()
+            if error is not None:
+                raise error
+            result = apply()
+        except Exception as exc:  # the caller's answer (nobody's, when it is gone)
+            if not outcome.done():
+                outcome.set_exception(exc)
+        else:
+            if not outcome.done():
+                outcome.set_result(result)
+        finally:
+            hold.__exit__(None, None, None)
 
-    def give_up() -> None:
-        if not waiter.done():
-            waiter.set_exception(
-                StoreUnavailable(f"the store did not answer within {within:g}s; try again")
-            )
-
-    task.add_done_callback(finish)
+    future.add_done_callback(settle)
     # A moment after the store's own bound, so the store has refused what it can first.
-    timer = None if within is None else loop.call_later(within + _AFTER_THE_STORE, give_up)
+    timer = None
+    if within is not None:
+        timer = loop.call_later(within + _AFTER_THE_STORE, _give_up, outcome, within)
     try:
-        await waiter
+        return await outcome
     finally:
         if timer is not None:
             timer.cancel()
-    return task.result()
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # The caller may be gone: take the outcome, so a refusal is not reported as never retrieved.
-    if not task.cancelled():
-        task.exception()
+def _give_up(outcome: asyncio.Future[Any], within: float) -> None:
+    if not outcome.done():
+        outcome.set_exception(
+            StoreUnavailable(f"the store did not answer within {within:g}s; try again")
+        )

@@ -9,7 +9,7 @@ registry once the store has it. Between the two it awaits, and other writes run 
 - Expiry: an instance with a write in flight is not expired (see `Registry.writing`), so an
   expiry cannot land between a registration's store write and its application.
 
-Store writes are made durable in the order they are asked for and their awaiting callers resume
+Store writes are made durable in the order they are asked for and applied from their completions
 in that order, so the registry applies them in the store's order too.
 """
 

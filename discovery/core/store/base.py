@@ -21,7 +21,7 @@ out another one (so revisions never go backwards across restarts).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,14 +61,16 @@ class Store(Protocol):
         when it cannot be used. `revision()` tells the registry's current revision, for stores
         that keep it."""
 
-    async def put(self, instance: Instance) -> None:
+    def put(self, instance: Instance) -> Awaitable[None]:
         """Make a registration durable: a new instance, or new registration fields (address,
         endpoint, metadata) of a stored one, whose `registered_at` and place in the order are
-        kept. `StoreUnavailable` when it cannot."""
+        kept. Done when durable; `StoreUnavailable` when it cannot be. (A coroutine, or a
+        future the store settles itself: a store whose writes are queued can spare its every
+        write a task.)"""
 
-    async def delete(self, service_name: str, instance_id: str) -> None:
+    def delete(self, service_name: str, instance_id: str) -> Awaitable[None]:
         """Make an unregistration durable (a missing instance is no error); `StoreUnavailable`
-        when it cannot."""
+        when it cannot. Awaited as `put` is."""
 
     def forget(self, instance: Instance) -> None:
         """The registry expired `instance`: delete its row (that registration's, not a later

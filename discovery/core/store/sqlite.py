@@ -95,18 +95,26 @@ class SqliteStore:
         self._flusher = loop.create_task(self._flush_forever(), name="store-flush")
         return Restored(restored.instances, restored.revision + REVISION_MARGIN)
 
-    async def put(self, instance: Instance) -> None:
+    def put(self, instance: Instance) -> asyncio.Future[None]:
         write = Write(UPSERT, registration_row(instance))
         key = instance.key
         expired = self._expired.get(key)
         if expired is not None:  # its expiry is not durable yet: it goes first, in one commit
             write.first = Write(DELETE_EXPIRED, (*key, expired))
-        await self._write(write, bounded=True)
-        if expired is not None and self._expired.get(key) == expired:
-            del self._expired[key]
+        future = self._bounded(write)
+        if expired is not None:
 
-    async def delete(self, service_name: str, instance_id: str) -> None:
-        await self._write(Write(DELETE, (service_name, instance_id)), bounded=True)
+            def superseded(future: asyncio.Future[None]) -> None:
+                if future.cancelled() or future.exception() is not None:
+                    return
+                if self._expired.get(key) == expired:
+                    del self._expired[key]
+
+            future.add_done_callback(superseded)
+        return future
+
+    def delete(self, service_name: str, instance_id: str) -> asyncio.Future[None]:
+        return self._bounded(Write(DELETE, (service_name, instance_id)))
 
     def forget(self, instance: Instance) -> None:
         self._expired[instance.key] = instance.registered_at
@@ -233,18 +241,17 @@ class SqliteStore:
             self._writer.submit(write)
         return future
 
-    async def _write(self, write: Write, bounded: bool = False) -> None:
+    def _bounded(self, write: Write) -> asyncio.Future[None]:
+        """`write` submitted, refused when the writer has not taken it within the timeout."""
         future = self._submit(write)
-        if bounded and not future.done():
+        if not future.done():
             timeout = self._write_timeout
             timer = asyncio.get_running_loop().call_later(timeout, self._give_up, write, timeout)
             future.add_done_callback(lambda _: timer.cancel())
-        try:
-            await future
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            raise StoreUnavailable(f"the store could not write it: {exc}") from exc
+        return future
+
+    async def _write(self, write: Write) -> None:
+        await self._submit(write)
 
     def _give_up(self, write: Write, timeout: float) -> None:
         """`write` timed out: refuse it if the writer has not taken it (it is never written)."""

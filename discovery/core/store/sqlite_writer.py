@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from discovery.core.errors import StoreUnavailable
 from discovery.core.store.sqlite_file import REVISION
 
 log = logging.getLogger("discovery.store")
@@ -194,4 +195,6 @@ def _settle(batch: list[Write], error: Exception | None) -> None:
         if error is None:
             future.set_result(None)
         else:
-            future.set_exception(error)
+            refused = StoreUnavailable(f"the store could not write it: {error}")
+            refused.__cause__ = error
+            future.set_exception(refused)
