@@ -109,13 +109,19 @@ class DiscoveryCore:
         def apply() -> Registered:
             return self._registered(registration, record, existed, via)
 
-        if self._instant:
-            try:
-                await written
-                return apply()
-            finally:
-                hold.__exit__(None, None, None)
-        return await _apply_when_durable(written, hold, apply, self._write_timeout)
+        return await self._apply(written, hold, apply)
+
+    async def _apply(
+        self, written: Awaitable[None], hold: AbstractContextManager[None], apply: Callable[[], T]
+    ) -> T:
+        """`apply()` once the store has `written`, then leave `hold`."""
+        if not self._instant:
+            return await _apply_when_durable(written, hold, apply, self._write_timeout)
+        try:  # the memory store's writes never wait, so nothing can interrupt one
+            await written
+            return apply()
+        finally:
+            hold.__exit__(None, None, None)
 
     def _registered(
         self, registration: Registration, record: Instance, existed: bool, via: str
@@ -168,13 +174,7 @@ class DiscoveryCore:
         def apply() -> Instance:
             return self._unregistered(instance, via)
 
-        if self._instant:
-            try:
-                await written
-                return apply()
-            finally:
-                hold.__exit__(None, None, None)
-        return await _apply_when_durable(written, hold, apply, self._write_timeout)
+        return await self._apply(written, hold, apply)
 
     def _unregistered(self, instance: Instance, via: str) -> Instance:
         """Apply an unregistration the store has made durable."""
