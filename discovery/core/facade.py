@@ -161,7 +161,6 @@ class DiscoveryCore:
     async def unregister(self, service_name: str, instance_id: str, via: str = GRPC) -> Instance:
         """Remove an instance once the store has forgotten it; `InstanceNotFound` when unknown,
         `StoreUnavailable` leaves it registered."""
-        self.registry.require(service_name, instance_id)
         hold = self._writes.unregistering((service_name, instance_id))
         hold.__enter__()  # left as in `register`
         try:

@@ -179,7 +179,7 @@ class SqliteStore:
         if not rows:
             return
         try:
-            await self._write(Write(LIVENESS, rows=rows))
+            await self._submit(Write(LIVENESS, rows=rows))
         except StoreUnavailable as exc:
             self._dirty |= dirty  # written with the next flush that succeeds
             if not self._failing:
@@ -249,9 +249,6 @@ class SqliteStore:
             timer = asyncio.get_running_loop().call_later(timeout, self._give_up, write, timeout)
             future.add_done_callback(lambda _: timer.cancel())
         return future
-
-    async def _write(self, write: Write) -> None:
-        await self._submit(write)
 
     def _give_up(self, write: Write, timeout: float) -> None:
         """`write` timed out: refuse it if the writer has not taken it (it is never written)."""
