@@ -59,6 +59,10 @@ FIGURES = {
         "start-up on a SQLite store of 100,000 instances (first answer on each port)",
         Target("max", 3, "s"),
     ),
+    "store_startup_100k_rss": (
+        "start-up on a SQLite store of 100,000 instances: RSS above a start on an empty store",
+        Target("max", 100, "MB"),
+    ),
     "store_burst_10k": (
         "10,000 registrations from 200 concurrent gRPC clients on SQLite: total time",
         Target("max", 5, "s"),
@@ -180,25 +184,35 @@ def write_store(path: Path, count: int) -> None:
         raise RuntimeError(f"wrote {stored} instances, wanted {count}")
 
 
-def startup_row(size: Size) -> Row:
-    runs = []
-    rss = []
+def started(path: Path, restored: int) -> tuple[float, int]:
+    """Spawn a server on the store file `path`: (seconds from the spawn to the first answer on
+    both ports, RSS then); the log must say `restored` instances were restored."""
+    env = server_env(SERVICE_DISCOVERY_STORE=f"sqlite:{path}", LOG_LEVEL="INFO")
+    process = Process([sys.executable, "-m", "discovery"], env)
+    try:
+        process.wait_listening(("REST", "gRPC"))
+        rest_at, grpc_at = asyncio.run(startup.first_answers(process))
+        rss = process.rss()
+        if not any(f"({restored} instances restored)" in line for line in process.lines):
+            raise RuntimeError(f"the server did not restore {restored}: {process.tail()}")
+    finally:
+        process.stop()
+    return max(rest_at, grpc_at) - process.started_at, rss
+
+
+def startup_rows(size: Size) -> list[Row]:
+    """Start-up time on the full store, and RSS then above a start on an empty store (each
+    repetition starts one of each, in turn)."""
+    runs, rss, grown = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
         path = Path(folder) / "registry.db"
         write_store(path, size.stored)
-        for _ in range(size.startup_repeat):
-            env = server_env(SERVICE_DISCOVERY_STORE=f"sqlite:{path}", LOG_LEVEL="INFO")
-            process = Process([sys.executable, "-m", "discovery"], env)
-            try:
-                process.wait_listening(("REST", "gRPC"))
-                rest_at, grpc_at = asyncio.run(startup.first_answers(process))
-                rss.append(process.rss())
-                restored = f"({size.stored} instances restored)"
-                if not any(restored in line for line in process.lines):
-                    raise RuntimeError(f"the server did not restore them all: {process.tail()}")
-            finally:
-                process.stop()
-            runs.append(max(rest_at, grpc_at) - process.started_at)
+        for n in range(size.startup_repeat):
+            seconds, full = started(path, size.stored)
+            _, empty = started(Path(folder) / f"empty-{n}.db", 0)
+            runs.append(seconds)
+            rss.append(full)
+            grown.append((full - empty) / 1e6)
     title, target = FIGURES["store_startup_100k"]
     row = Row("store_startup_100k", title, target, Sample(runs, "s"))
     row.notes.append(
@@ -206,7 +220,14 @@ def startup_row(size: Size) -> Row:
         f"entries, 100 services); first answers checked; RSS once serving "
         f"{statistics.median(rss) / 1e6:.0f} MB (median)"
     )
-    return row
+    title, target = FIGURES["store_startup_100k_rss"]
+    memory = Row("store_startup_100k_rss", title, target, Sample(grown, "MB"))
+    memory.notes.append(
+        "RSS at the first answers on both ports, minus the same on a fresh empty store, started "
+        "in turn in each repetition; the target is that of 100,000 instances registered over "
+        "gRPC (`bench.memory`)"
+    )
+    return [row, memory]
 
 
 def burst_row(size: register_burst.Size) -> Row:
@@ -230,7 +251,7 @@ def burst_row(size: register_burst.Size) -> Row:
 def measure(smoke: bool) -> list[Row]:
     size = SMOKE if smoke else FULL
     rest = rest_rows(size.rest)
-    return [rest[0], grpc_row(size.grpc), *rest[1:], startup_row(size), burst_row(size.burst)]
+    return [rest[0], grpc_row(size.grpc), *rest[1:], *startup_rows(size), burst_row(size.burst)]
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
