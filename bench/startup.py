@@ -14,7 +14,7 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -63,13 +63,18 @@ async def first_answers(process: Process) -> tuple[float, float]:
     return rest_at, grpc_at
 
 
-def once() -> tuple[float, float, float, float]:
+def once(
+    env: dict[str, str] | None = None, serving: Callable[[Process], None] | None = None
+) -> tuple[float, float, float, float]:
     """Seconds from the spawn to: both first answers, both listening lines, the REST answer,
-    the gRPC answer."""
-    process = Process([sys.executable, "-m", "discovery"], server_env())
+    the gRPC answer. `env` adds to the server's environment; `serving(process)` is called once
+    both answered, before the stop (to take its RSS or read its log)."""
+    process = Process([sys.executable, "-m", "discovery"], server_env(**(env or {})))
     try:
         process.wait_listening(("REST", "gRPC"))
         rest_at, grpc_at = asyncio.run(first_answers(process))
+        if serving is not None:
+            serving(process)
     finally:
         process.stop()
     spawned = process.started_at

@@ -24,7 +24,6 @@ import contextlib
 import json
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import grpc_heartbeat, register_burst, rest_api, startup
-from bench.common import REST_AUTH, Process, discovery_server, server_env
+from bench.common import REST_AUTH, Process, discovery_server
 from bench.grpc_load import Channels
 from bench.rest_api import Subject, measure_all, register_many
 from bench.results import Row, Sample, Target, standalone
@@ -186,19 +185,19 @@ def write_store(path: Path, count: int) -> None:
 
 
 def started(path: Path, restored: int) -> tuple[float, int]:
-    """Spawn a server on the store file `path`: (seconds from the spawn to the first answer on
-    both ports, RSS then); the log must say `restored` instances were restored."""
-    env = server_env(SERVICE_DISCOVERY_STORE=f"sqlite:{path}", LOG_LEVEL="INFO")
-    process = Process([sys.executable, "-m", "discovery"], env)
-    try:
-        process.wait_listening(("REST", "gRPC"))
-        rest_at, grpc_at = asyncio.run(startup.first_answers(process))
-        rss = process.rss()
+    """Start a server on the store file `path` (as `bench.startup` does): seconds from the spawn
+    to the first answer on both ports, and its RSS then; its log must say `restored` instances
+    were restored."""
+    rss: list[int] = []
+
+    def serving(process: Process) -> None:
+        rss.append(process.rss())
         if not any(f"({restored} instances restored)" in line for line in process.lines):
             raise RuntimeError(f"the server did not restore {restored}: {process.tail()}")
-    finally:
-        process.stop()
-    return max(rest_at, grpc_at) - process.started_at, rss
+
+    env = {"SERVICE_DISCOVERY_STORE": f"sqlite:{path}", "LOG_LEVEL": "INFO"}
+    seconds, *_ = startup.once(env, serving)
+    return seconds, rss[0]
 
 
 def startup_rows(size: Size) -> list[Row]:
